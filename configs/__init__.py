@@ -1,0 +1,1 @@
+"""Data package: shipped run configs (YAML). Each opens with the command that runs it."""

@@ -1,0 +1,211 @@
+"""`tailor`: the command line of edge-tailor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  tailor run                                 the whole pipeline on the embedded default world
+  tailor run --target arm64-a76 distill.lora.r=8
+  tailor run --config my.yaml --out runs     your models and data (see README, "Real models")
+  tailor status runs/default                 where a run stands
+  tailor targets                             the device targets and their budgets
+  tailor config show elicit.drafts=64        the resolved config
+
+exit codes: 0 success, 1 a budget or check failed, 2 bad input (config, target, data, model)
+"""
+
+
+def _overrides_help(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted config overrides, e.g. distill.lora.r=16 elicit.drafts=64")
+    parser.add_argument("--config", help="YAML or TOML run config (default: the embedded world)")
+    parser.add_argument("--target", help="device target: a name from `tailor targets` or a .toml path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="tailor", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Tailor a small student LM to an edge device target: align the teacher to the student (ARTE), "
+                    "distill with target-matched QAT, export to ONNX, quantize, benchmark and gate on budgets.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run every stage (skipping finished, unchanged ones)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Run the pipeline into <out>/<name>. A finished stage whose config and inputs "
+                                     "are unchanged is skipped; an interrupted one is redone.",
+                         epilog="stages, in order:\n" + "\n".join(f"  {s.name:<10} {s.summary}" for s in STAGES))
+    _overrides_help(run)
+    run.add_argument("--out", default="runs", help="parent folder of run directories (default: runs)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage (repeatable)")
+    run.add_argument("--only", action="append", default=[], metavar="STAGE", help="run only this stage (repeatable)")
+
+    for st in STAGES:
+        one = sub.add_parser(st.name, help=f"run one stage: {st.summary}")
+        one.add_argument("--run", required=True, help="the run directory")
+        one.add_argument("--force", action="store_true", help="redo it even if up to date")
+
+    status = sub.add_parser("status", help="show where a run stands")
+    status.add_argument("run_dir")
+
+    sub.add_parser("targets", help="list the shipped device targets with their budgets")
+
+    config = sub.add_parser("config", help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config as YAML")
+    _overrides_help(show)
+
+    toy = sub.add_parser("toy", help="the embedded default world")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    build = toy_sub.add_parser("build", help="build tokenizer, corpora, teacher and student from a seed")
+    build.add_argument("--out", default=str(Path.home() / ".cache" / "edge-tailor" / "world"),
+                       help="where to build (use it with EDGE_TAILOR_WORLD=<out>)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--scale", type=float, default=1.0, help="fraction of documents and steps (tests use 0.01)")
+    return parser
+
+
+def _load(args):
+    from .config import load_config
+    from .target import load_target
+
+    overrides = list(args.overrides) + ([f"target={args.target}"] if args.target else [])
+    cfg = load_config(args.config, overrides)
+    return cfg, load_target(cfg.target)
+
+
+def cmd_run(args) -> int:
+    from .config import config_hash
+    from .pipeline import STAGE_NAMES, run_pipeline
+    from .rundir import RunDir
+    from .target import target_hash
+    from .tasks import load_task
+
+    cfg, target = _load(args)
+    for name in args.force + args.only:
+        if name not in STAGE_NAMES:
+            raise _usage(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
+    load_task(cfg.task)  # a malformed dataset fails here, before anything is written
+    run = RunDir(Path(args.out) / cfg.name)
+    run.root.mkdir(parents=True, exist_ok=True)
+    (run.root / "config.yaml").write_text(_yaml(cfg))
+    run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force))
+    print(f"run directory: {run.root}  (config hash {config_hash(cfg)})")
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from .config import load_config
+    from .pipeline import run_pipeline
+    from .rundir import RunDir
+    from .target import load_target, target_hash
+
+    run = RunDir(args.run)
+    cfg_path = run.root / "config.yaml"
+    if not cfg_path.exists():
+        raise _usage(f"{cfg_path}: missing: not a run directory (make one with `tailor run`)")
+    cfg = load_config(cfg_path)
+    run_pipeline(cfg, run, target_hash(load_target(cfg.target)), only={args.command},
+                 force={args.command} if args.force else set())
+    return 0
+
+
+def cmd_status(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .pipeline import STAGES
+    from .rundir import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.manifest_path.exists():
+        raise _usage(f"{run.manifest_path}: missing: not a run directory")
+    manifest = run.manifest()
+    table = Table(title=f"run {run.root}  (config {manifest.get('config_hash')}, git {str(manifest.get('git_revision'))[:8]})")
+    for col in ("stage", "status", "seconds", "fingerprint"):
+        table.add_column(col)
+    for st in STAGES:
+        info = manifest.get("stages", {}).get(st.name, {})
+        status = info.get("status", "not run")
+        if status == "done" and run.record(st.name) is None:
+            status = "interrupted"
+        table.add_row(st.name, status, str(info.get("seconds", "")), info.get("fingerprint", ""))
+    Console().print(table)
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .target import format_budgets, list_targets, load_target
+
+    table = Table(title="device targets (targets/*.toml)")
+    for col in ("name", "arch", "threads", "quant", "budgets"):
+        table.add_column(col)
+    for name in list_targets():
+        t = load_target(name)
+        q = t.quant
+        scheme = f"W:{q.weights.dtype} {q.weights.granularity} / A:{q.activations.dtype} {q.activations.mode}"
+        budgets = "\n".join(f"{k} {v}" for k, v in format_budgets(t))
+        table.add_row(name, t.target.arch, str(t.runtime.intra_op_threads), scheme, budgets)
+    Console().print(table)
+    return 0
+
+
+def _yaml(cfg) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def cmd_config(args) -> int:
+    cfg, _ = _load(args)
+    sys.stdout.write(_yaml(cfg))
+    return 0
+
+
+def cmd_toy(args) -> int:
+    from .toyworld.build import WorldSpec, build_world
+
+    spec = WorldSpec(seed=args.seed)
+    if args.scale != 1.0:
+        spec = spec.scaled(args.scale)
+    info = build_world(args.out, spec)
+    print(json.dumps({k: {"final_loss": v["final_loss"], "seconds": v["seconds"], "parameters": v["parameters"]}
+                      for k, v in info.items() if k in ("teacher", "student")}, indent=2))
+    print(f"built into {args.out}; use it with EDGE_TAILOR_WORLD={args.out}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from .errors import InputError
+    from .pipeline import STAGE_NAMES
+
+    handlers = {"run": cmd_run, "status": cmd_status, "targets": cmd_targets, "config": cmd_config, "toy": cmd_toy}
+    handler = cmd_stage if args.command in STAGE_NAMES else handlers[args.command]
+    try:
+        return handler(args)
+    except (InputError, _UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The typed config of a whole run: YAML/TOML file + dotted command-line overrides.
+
+One pydantic model per stage; field descriptions are the documentation (`tailor config show`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+
+EMBEDDED = "embedded"  # model path meaning "the embedded default world's model"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Section):
+    path: str = Field(EMBEDDED, description="local folder, hub id, or 'embedded' for the toy world's model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on a CUDA GPU that supports it, fp32 on CPU")
+    load_in_4bit: bool = Field(False, description="bitsandbytes NF4 (QLoRA); saves ~4x memory for big teachers")
+    load_in_8bit: bool = False
+    trust_remote_code: bool = Field(False, description="run code shipped with a hub model; only if you trust it")
+    allow_pickle: bool = Field(False, description="allow .bin/.pt (pickled) weights; safetensors-only otherwise")
+
+
+class TaskSpec(Section):
+    name: Literal["toy-arith", "bbh", "gsm8k", "multiple-choice"] = "toy-arith"
+    path: str | None = Field(None, description="data file for bbh / gsm8k / multiple-choice")
+    cot_prompt: str | None = Field(None, description="BBH chain-of-thought prompt file (seeds + description)")
+    seed: int = Field(0, description="split seed: the same seed gives the same splits")
+
+
+class ElicitConfig(Section):
+    seeds_per_prompt: int = Field(3, ge=1, description="k seed questions shown per drafting prompt (paper: 3)")
+    drafts: int = Field(96, ge=1, description="draft questions to make (paper: 250 per task)")
+    techniques: list[str] | None = Field(None, description="reasoning techniques; None = the task's defaults")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for drafting (paper: 1.0)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=8)
+    batch_size: int = Field(32, ge=1)
+    calculator: bool = Field(True, description="fill results of `a op b=` and `#### n` with a calculator")
+    annotate_order: str = Field("CMF", description="TeacherLM composition order: C=CoT, M=mistakes, F=fundamentals")
+
+
+class PreferConfig(Section):
+    preference_questions: int = Field(128, ge=4, description="size of the preference set (paper: 40 of 100)")
+    scorer: Literal["in_context", "influence"] = Field(
+        "in_context", description="in_context: one-shot accuracy (ARTE); influence: validation-loss drop (Montessori)")
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(48, ge=4)
+
+
+class AlignConfig(Section):
+    beta: float = Field(0.2, gt=0, description="DPO beta; paper silent, 0.1-0.3 held the toy teacher's format")
+    learning_rate: float = Field(5e-4, gt=0, description="LoRA DPO lr (paper 1e-7 full-weight; >5e-4 broke the toy teacher)")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(80, description="-1 = by epochs")
+    batch_size: int = Field(8, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="paper: 10% warm-up then cosine")
+    nll_anchor: bool = Field(True, description="add an SFT loss on the chosen side (keeps the format)")
+    min_score_gap: float = Field(0.04, ge=0, description="drop rationale pairs whose scores differ less")
+    question_pairs: bool = True
+    rationale_pairs: bool = True
+    rounds: int = Field(1, ge=1, description="repeat elicit -> prefer -> align")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+
+
+class GenerateConfig(Section):
+    examples: int = Field(1200, ge=1, description="tailored training examples per teacher (same budget for both)")
+    rationale_temperature: float = Field(0.0, ge=0, description="0 = greedy rationales (paper)")
+    question_temperature: float = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class DistillConfig(Section):
+    lora: LoraConfig = LoraConfig()
+    qat: bool = Field(True, description="fake-quantize as the target's quant block says (False: plain LoRA SFT)")
+    learning_rate: float = Field(2e-3, gt=0)
+    max_steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    ablation_seeds: int = Field(3, ge=1, description="seeds for the original-vs-aligned teacher comparison")
+    use_annotations: bool = Field(False, description="mix TeacherLM-annotated data into SFT")
+
+
+class EvalConfig(Section):
+    test_questions: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(48, ge=4)
+
+
+class RunConfig(Section):
+    name: str = Field("default", description="run name: the run directory is <out>/<name>")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the target's intra_op_threads")
+    target: str = Field("ci-x86", description="a shipped target name or a path to a target TOML")
+    teacher: ModelSpec = ModelSpec(path="embedded:teacher")
+    student: ModelSpec = ModelSpec(path="embedded:student")
+    task: TaskSpec = TaskSpec()
+    elicit: ElicitConfig = ElicitConfig()
+    prefer: PreferConfig = PreferConfig()
+    align: AlignConfig = AlignConfig()
+    generate: GenerateConfig = GenerateConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluate: EvalConfig = EvalConfig()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read config: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, None, f"not valid {path.suffix[1:].upper()}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(path, None, "the top level must be a mapping of sections")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise InputError("command line", override, "an override is written key.sub=value")
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError("command line", key, f"'{part}' is not a section")
+    node[leaf] = _parse_value(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Load a run config; no path means the shipped default (the embedded world)."""
+    source = Path(path) if path else Path(str(resources.files("edge_tailor.configs") / "default.yaml"))
+    data = _read_file(source)
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        origin = "command line" if any(o.split("=")[0] == field for o in overrides) else source
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise InputError(origin, field, f"{err['msg']}{more}") from None
+
+
+def config_hash(section: BaseModel | dict) -> str:
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

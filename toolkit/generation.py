@@ -1,0 +1,151 @@
+"""Batched generation with optional arithmetic tools applied at decoding time.
+
+Tools (both are logits processors, so any Hugging Face causal LM can use them):
+- calculator: after the model writes `a op b=`, the correct result is written for it, the
+  way GSM8K's sampling filled `<<a*b=c>>` annotations; after `#### ` the last result is
+  written. The model still decides *whether* and *where* to compute.
+- grounding: for tasks that can solve a question step by step (the embedded world), when
+  the model starts a number inside its working (with the probability it gives to starting
+  one), the next equation of the question's solution is written. Needed for a tiny teacher
+  that cannot copy operands from the question; a real model needs only the calculator.
+No library offers decode-time tool forcing for `generate`, hence this module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from .progress import track
+
+_EQUATION_TAIL = re.compile(r"(\d+)\s*([+\-*/x])\s*(\d+)\s*=$")
+_RESULT = re.compile(r"=\s*(-?\d+)")
+_FINAL_TAG = "#### "
+
+
+def evaluate_op(a: int, op: str, b: int) -> int | None:
+    if op in "*x":
+        return a * b
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "/" and b != 0:
+        value = Fraction(a, b)
+        return int(value) if value.denominator == 1 else None
+    return None
+
+
+@dataclass
+class ToolSettings:
+    calculator: bool = True
+    grounding: bool = False
+
+
+class ArithmeticTools(LogitsProcessor):
+    """Force tool-written tokens into each row of a batched `generate` call."""
+
+    def __init__(self, tokenizer, prompt_length: int, settings: ToolSettings,
+                 solutions: Sequence[Sequence[str]] | None = None, sample: bool = True,
+                 generator: torch.Generator | None = None):
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.settings = settings
+        self.solutions = solutions
+        self.sample = sample
+        self.generator = generator
+        vocab = tokenizer.get_vocab()
+        self.digit_ids = torch.tensor(sorted({i for t, i in vocab.items()
+                                              if tokenizer.convert_tokens_to_string([t]).strip().isdigit()}))
+        self.queues: list[list[int]] = []
+        self.used_steps: list[int] = []
+        self.results: list[list[int]] = []
+        self.interventions = 0
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _row_text(self, ids: torch.Tensor) -> str:
+        return self.tokenizer.decode(ids[self.prompt_length:], skip_special_tokens=True)
+
+    def _last_result(self, row: int, text: str) -> int | None:
+        found = _RESULT.findall(text)
+        return int(found[-1]) if found else None
+
+    def _plan(self, row: int, text: str, scores: torch.Tensor) -> list[int] | None:
+        """Tokens the tools write next for this row, or None to let the model choose."""
+        if self.settings.calculator:
+            match = _EQUATION_TAIL.search(text)
+            if match:
+                result = evaluate_op(int(match.group(1)), match.group(2), int(match.group(3)))
+                if result is not None:
+                    return self._encode(str(result))
+            if text.endswith(_FINAL_TAG):
+                last = self._last_result(row, text)
+                if last is not None:
+                    return self._encode(str(last))
+        if self.settings.grounding and self.solutions is not None and not text.endswith(_FINAL_TAG):
+            prev = text[-1:] if text else " "
+            if not prev.isdigit() and prev not in "=+-*/" and self._starts_number(scores):
+                steps = self.solutions[row]
+                if self.used_steps[row] < len(steps):
+                    self.used_steps[row] += 1
+                    return self._encode(steps[self.used_steps[row] - 1])
+                last = self._last_result(row, text)
+                if last is not None:
+                    return self._encode(str(last))
+        return None
+
+    def _starts_number(self, scores: torch.Tensor) -> bool:
+        probs = torch.softmax(scores.float(), dim=-1)
+        if self.sample:
+            p_digit = probs[self.digit_ids].sum()
+            return bool(torch.rand((), generator=self.generator) < p_digit)
+        return bool(torch.isin(probs.argmax(), self.digit_ids))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.queues:
+            self.queues = [[] for _ in range(input_ids.shape[0])]
+            self.used_steps = [0] * input_ids.shape[0]
+        for row in range(input_ids.shape[0]):
+            if not self.queues[row]:
+                planned = self._plan(row, self._row_text(input_ids[row]), scores[row])
+                if planned:
+                    self.queues[row] = planned
+                    self.interventions += 1
+            if self.queues[row]:
+                forced = self.queues[row].pop(0)
+                scores[row] = torch.full_like(scores[row], float("-inf"))
+                scores[row, forced] = 0.0
+        return scores
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 32, tools: ToolSettings | None = None,
+             solutions: Sequence[Sequence[str]] | None = None, seed: int = 0,
+             description: str = "generating") -> list[str]:
+    """Generate one completion per prompt (greedy when temperature is 0), in batches."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    outputs: list[str] = []
+    sample = temperature > 0
+    for start in track(range(0, len(prompts), batch_size), description,
+                       total=(len(prompts) + batch_size - 1) // batch_size):
+        batch = list(prompts[start:start + batch_size])
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        processors = LogitsProcessorList()
+        if tools and (tools.calculator or tools.grounding):
+            rows = solutions[start:start + batch_size] if solutions is not None else None
+            processors.append(ArithmeticTools(tokenizer, enc["input_ids"].shape[1], tools, rows, sample, generator))
+        kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p} if sample else {"do_sample": False}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, logits_processor=processors,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
+        outputs += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return outputs

@@ -1,0 +1,104 @@
+"""The stage registry and the driver behind `tailor run`.
+
+A stage is skipped when its record's fingerprint matches: the fingerprint covers the config
+sections the stage reads, the target, and the fingerprints of the stages it depends on, so a
+changed config redoes exactly what depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from dataclasses import dataclass
+
+from .config import RunConfig, config_hash
+from .progress import console, live
+from .rundir import RunDir
+
+COMMON_SECTIONS = ("seed", "task", "teacher", "student")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    needs: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    uses_target: bool = False
+
+    @property
+    def module(self):
+        return importlib.import_module(f"edge_tailor.stages.{self.name}")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("baseline", "measure the embedded world / models before training: accuracies, drafts, style signal",
+          sections=("elicit", "prefer", "evaluate")),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
+def fingerprint(cfg: RunConfig, st: Stage, upstream: dict[str, str], target_digest: str) -> str:
+    parts = {key: getattr(cfg, key) for key in COMMON_SECTIONS + st.sections}
+    data = {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in parts.items()}
+    data["upstream"] = {n: upstream[n] for n in st.needs}
+    if st.uses_target:
+        data["target"] = target_digest
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan(cfg: RunConfig, run: RunDir, target_digest: str, force: set[str] = frozenset()) -> list[tuple[Stage, str, bool]]:
+    """Each stage with its fingerprint and whether it must run."""
+    fingerprints: dict[str, str] = {}
+    rerun: set[str] = set()
+    out = []
+    for st in STAGES:
+        fp = fingerprint(cfg, st, fingerprints, target_digest)
+        fingerprints[st.name] = fp
+        record = run.record(st.name)
+        must = (st.name in force or record is None or record.get("fingerprint") != fp
+                or any(n in rerun for n in st.needs))
+        if must:
+            rerun.add(st.name)
+        out.append((st, fp, must))
+    return out
+
+
+def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
+    run.start_stage(st.name)
+    started = time.perf_counter()
+    try:
+        record = st.module.run(cfg, run)
+    except BaseException as exc:
+        run.fail_stage(st.name, f"{type(exc).__name__}: {exc}")
+        raise
+    return run.finish_stage(st.name, fp, record, time.perf_counter() - started)
+
+
+def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str] | None = None,
+                 force: set[str] = frozenset()) -> dict[str, dict]:
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.init_manifest(cfg.model_dump(mode="json"), config_hash(cfg), cfg.seed)
+    records = {}
+    with live():
+        for st, fp, must in plan(cfg, run, target_digest, force):
+            if only and st.name not in only:
+                continue
+            if not must:
+                console.print(f"[dim]- {st.name}: up to date, skipped[/dim]")
+                records[st.name] = run.record(st.name)
+                continue
+            console.print(f"[bold]> {st.name}[/bold]: {st.summary}")
+            record = run_stage(cfg, run, st, fp)
+            console.print(f"[green]  done[/green] in {record['seconds']:.0f} s")
+            records[st.name] = record
+    return records

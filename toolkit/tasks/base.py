@@ -1,0 +1,81 @@
+"""What a task is: examples in splits, prompt templates, answer extraction and scoring.
+
+Every loader (the embedded arithmetic world, BBH, GSM8K, multiple choice) returns a ``Task``;
+the stages only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str  # gold answer in canonical form (see answers.normalize)
+    rationale: str | None = None  # gold reasoning where the dataset has one (GSM8K)
+    options: tuple[str, ...] = ()  # multiple choice: option texts, labelled (A), (B), ...
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How questions, rationales and answers are laid out for one family of models.
+
+    The ARTE template (PAPERS.md) for real instruction-following models; the embedded
+    world uses a compact ``Q: .. A: ..`` layout that its tiny models were trained on.
+    """
+
+    demo: str  # "{question}" and "{rationale}" placeholders: a solved demonstration
+    query: str  # "{question}" placeholder: ends where the model starts its rationale
+    header: str = ""  # task description and instructions, printed once before demos
+    answer_open: str = "<ans>"
+    answer_close: str = "</ans>"
+
+    def render(self, question: str, demos: Sequence[tuple[str, str]] = ()) -> str:
+        parts = [self.header] if self.header else []
+        parts += [self.demo.format(question=q, rationale=r) for q, r in demos]
+        parts.append(self.query.format(question=question))
+        return "".join(parts)
+
+    def wrap_answer(self, answer: str) -> str:
+        return f"{self.answer_open}{answer}{self.answer_close}"
+
+
+ARTE_STYLE = PromptStyle(
+    header="{description}\nRemember you should include your final answer with the tag <ans> and </ans>.\n\n",
+    demo="Question: {question}\nAnswer: Let's think step by step. {rationale}\n\n",
+    query="Question: {question}\nAnswer: Let's think step by step.",
+)
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    answer_kind: str  # one of answers.ANSWER_KINDS
+    seed: list[Example]
+    preference: list[Example]  # preference / validation split (ARTE's "validation")
+    test: list[Example]
+    style: PromptStyle = ARTE_STYLE
+    # reasoning-technique prompts for elicitation: name -> instruction
+    techniques: dict[str, str] = field(default_factory=dict)
+    # re-derives the gold answer of a drafted question; None where the task has no parser
+    solver: Callable[[str], str | None] | None = None
+    source: str = ""  # file or generator the task came from
+
+    def extract(self, completion: str) -> str | None:
+        from .answers import extract_answer
+
+        return extract_answer(completion, self.answer_kind, self.style)
+
+    def is_correct(self, completion: str, example: Example) -> bool:
+        from .answers import normalize
+
+        got = self.extract(completion)
+        return got is not None and got == normalize(example.answer, self.answer_kind)
+
+    def prompt(self, question: str, demos: Sequence[tuple[str, str]] = ()) -> str:
+        header = self.style.header.format(description=self.description) if self.style.header else ""
+        style = PromptStyle(self.style.demo, self.style.query, header, self.style.answer_open, self.style.answer_close)
+        return style.render(question, demos)

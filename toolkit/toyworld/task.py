@@ -1,0 +1,46 @@
+"""The embedded default world as a ``Task``: toy factory arithmetic in a ``Q: .. A: ..`` layout."""
+
+from __future__ import annotations
+
+import random
+
+from ..tasks.base import Example, PromptStyle, Task
+from .problems import make_splits, parse_question
+from .styles import STYLES, render_rationale
+
+# The model continues after "A:" with " " + rationale.
+TOY_STYLE = PromptStyle(demo="Q: {question}\nA: {rationale}\n", query="Q: {question}\nA:", answer_open="#### ", answer_close="")
+
+DEFAULT_SIZES = {"seed": 32, "preference": 160, "validation": 160, "test": 300}
+TECHNIQUES = {style: f"Style: {style}" for style in STYLES}
+
+
+def _solve(question: str) -> str | None:
+    p = parse_question(question)
+    return str(p.answer) if p else None
+
+
+def toy_examples(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Example]]:
+    """Every split (validation included, which ``Task`` has no field for) as examples."""
+    rng = random.Random(seed)  # the step style draws nothing; kept for the renderer's signature
+    splits = make_splits(seed, sizes or DEFAULT_SIZES)
+    return {
+        name: [Example(p.question, str(p.answer), rationale=render_rationale(p, "step", rng)) for p in problems]
+        for name, problems in splits.items()
+    }
+
+
+def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
+    ex = toy_examples(seed, sizes)
+    return Task(
+        name="toy-arith",
+        description="Factory word problems with whole-number arithmetic.",
+        answer_kind="number",
+        seed=ex.get("seed", []),
+        preference=ex.get("preference", []),
+        test=ex.get("test", []),
+        style=TOY_STYLE,
+        techniques=dict(TECHNIQUES),
+        solver=_solve,
+        source="edge_tailor.toyworld.problems",
+    )
