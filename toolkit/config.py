@@ -50,6 +50,12 @@ class ElicitConfig(Section):
     max_new_tokens: int = Field(96, ge=8)
     batch_size: int = Field(32, ge=1)
     calculator: bool = Field(True, description="fill results of `a op b=` and `#### n` with a calculator")
+    grounding: bool = Field(True, description="write the next solution equation when the teacher starts a number "
+                            "(only for tasks that can solve questions step by step, e.g. the embedded world)")
+    rationale_temperature: float = Field(0.7, ge=0, description="sampling temperature of elicited rationales")
+    rationale_tokens: int = Field(80, ge=8, description="max new tokens of a rationale")
+    annotate: TaskSpec | None = Field(None, description="TeacherLM mode: a dataset to annotate, e.g. "
+                                      "{name: gsm8k, path: data/test.jsonl}")
     annotate_order: str = Field("CMF", description="TeacherLM composition order: C=CoT, M=mistakes, F=fundamentals")
 
 
@@ -59,6 +65,9 @@ class PreferConfig(Section):
         "in_context", description="in_context: one-shot accuracy (ARTE); influence: validation-loss drop (Montessori)")
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(48, ge=4)
+    probe_demos: int = Field(6, ge=2, description="one-shot conditions used to find discriminative questions")
+    model_results: str | None = Field(None, description="JSON {model: [0/1 per validation question]} of several "
+                                      "models: enables the IRT 2PL choice of the preference set")
 
 
 class AlignConfig(Section):
@@ -72,7 +81,9 @@ class AlignConfig(Section):
     min_score_gap: float = Field(0.04, ge=0, description="drop rationale pairs whose scores differ less")
     question_pairs: bool = True
     rationale_pairs: bool = True
-    rounds: int = Field(1, ge=1, description="repeat elicit -> prefer -> align")
+    question_pairs_max: int = Field(64, ge=0, description="question-level pairs (paper: 50 per task)")
+    load_in_4bit: Literal["auto", True, False] = Field(
+        "auto", description="4-bit (NF4) teacher base under the LoRA adapter; auto = on CUDA only")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
 
@@ -82,6 +93,8 @@ class GenerateConfig(Section):
     rationale_temperature: float = Field(0.0, ge=0, description="0 = greedy rationales (paper)")
     question_temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(64, ge=1)
+    compare_questions: int = Field(48, ge=4, description="held-out drafts per teacher to measure what alignment changed")
+    compare_preference: int = Field(64, ge=4, description="preference questions each of those drafts is scored on")
 
 
 class LoraConfig(Section):

@@ -28,7 +28,8 @@ def evaluate_model(model, tokenizer, task: Task, examples: Sequence[Example], *,
     """Greedy zero- (or few-) shot accuracy; returns accuracy, stderr, n and the completions."""
     prompts = [task.prompt(ex.question, demos) for ex in examples]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           tools=tools, solutions=solutions, description=description)
+                           tools=tools, solutions=solutions, stop=task.style.stop,
+                           description=description)
     result = score_completions(task, examples, completions)
     result["completions"] = completions
     return result

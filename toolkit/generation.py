@@ -129,7 +129,7 @@ class ArithmeticTools(LogitsProcessor):
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 32, tools: ToolSettings | None = None,
              solutions: Sequence[Sequence[str]] | None = None, seed: int = 0,
-             description: str = "generating") -> list[str]:
+             stop: Sequence[str] = (), description: str = "generating") -> list[str]:
     """Generate one completion per prompt (greedy when temperature is 0), in batches."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -145,7 +145,20 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             rows = solutions[start:start + batch_size] if solutions is not None else None
             processors.append(ArithmeticTools(tokenizer, enc["input_ids"].shape[1], tools, rows, sample, generator))
         kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p} if sample else {"do_sample": False}
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, logits_processor=processors,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
-        outputs += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        outputs += [cut_at_stop(t, stop) for t in texts]
     return outputs
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """End a completion at its first stop string; a closing tag such as </ans> is kept."""
+    for marker in stop:
+        index = text.find(marker)
+        if index >= 0:
+            keep = marker if marker.strip() and not marker.startswith("\n") else ""
+            text = text[:index] + keep
+    return text

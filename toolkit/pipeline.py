@@ -27,15 +27,28 @@ class Stage:
     needs: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()
     uses_target: bool = False
+    module_name: str = ""  # default: edge_tailor.stages.<name>
 
     @property
     def module(self):
-        return importlib.import_module(f"edge_tailor.stages.{self.name}")
+        return importlib.import_module(self.module_name or f"edge_tailor.stages.{self.name}")
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("baseline", "measure the embedded world / models before training: accuracies, drafts, style signal",
           sections=("elicit", "prefer", "evaluate")),
+    Stage("elicit", "the teacher drafts questions and one rationale per reasoning technique (ARTE 1)",
+          sections=("elicit",)),
+    Stage("prefer", "score each draft by the student's one-shot accuracy on a preference set (ARTE 2)",
+          needs=("elicit",), sections=("prefer",)),
+    Stage("align", "DPO + LoRA on the teacher with question- and rationale-level pairs (ARTE 3)",
+          needs=("prefer",), sections=("align", "elicit")),
+    Stage("generate", "aligned and original teacher write the training data; measure the change (ARTE 4)",
+          needs=("align",), sections=("generate", "elicit", "prefer")),
+    Stage("distill", "LoRA SFT of the student on the aligned teacher's data, with the target's QAT",
+          needs=("generate",), sections=("distill", "evaluate"), uses_target=True),
+    Stage("ablation", "student trained on original vs aligned teacher data, several seeds",
+          needs=("distill", "baseline"), sections=("distill", "evaluate"), uses_target=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -56,12 +69,13 @@ def fingerprint(cfg: RunConfig, st: Stage, upstream: dict[str, str], target_dige
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan(cfg: RunConfig, run: RunDir, target_digest: str, force: set[str] = frozenset()) -> list[tuple[Stage, str, bool]]:
+def plan(cfg: RunConfig, run: RunDir, target_digest: str, force: set[str] = frozenset(),
+         stages: tuple[Stage, ...] | None = None) -> list[tuple[Stage, str, bool]]:
     """Each stage with its fingerprint and whether it must run."""
     fingerprints: dict[str, str] = {}
     rerun: set[str] = set()
     out = []
-    for st in STAGES:
+    for st in stages or STAGES:
         fp = fingerprint(cfg, st, fingerprints, target_digest)
         fingerprints[st.name] = fp
         record = run.record(st.name)
@@ -85,12 +99,12 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
 
 
 def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str] | None = None,
-                 force: set[str] = frozenset()) -> dict[str, dict]:
+                 force: set[str] = frozenset(), stages: tuple[Stage, ...] | None = None) -> dict[str, dict]:
     run.root.mkdir(parents=True, exist_ok=True)
     run.init_manifest(cfg.model_dump(mode="json"), config_hash(cfg), cfg.seed)
     records = {}
     with live():
-        for st, fp, must in plan(cfg, run, target_digest, force):
+        for st, fp, must in plan(cfg, run, target_digest, force, stages):
             if only and st.name not in only:
                 continue
             if not must:

@@ -8,16 +8,67 @@ from .generation import generate
 from .tasks.base import Example, Task
 
 
-def one_shot_accuracy(model, tokenizer, task: Task, demos: Sequence[tuple[str, str]],
-                      questions: Sequence[Example], *, max_new_tokens: int, batch_size: int,
-                      description: str = "scoring drafts") -> list[float]:
-    """For each (question, rationale) demo: the student's greedy accuracy on `questions`."""
+def one_shot_correct(model, tokenizer, task: Task, demos: Sequence[tuple[str, str]],
+                     questions: Sequence[Example], *, max_new_tokens: int, batch_size: int,
+                     description: str = "scoring drafts") -> list[list[bool]]:
+    """For each (question, rationale) demo: which of `questions` the student gets right, greedy."""
     prompts = [task.prompt(ex.question, [demo]) for demo in demos for ex in questions]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           description=description)
+                           stop=task.style.stop, description=description)
     n = len(questions)
+    return [[task.is_correct(c, ex) for c, ex in zip(completions[i * n:(i + 1) * n], questions)]
+            for i in range(len(demos))]
+
+
+def one_shot_accuracy(model, tokenizer, task: Task, demos: Sequence[tuple[str, str]],
+                      questions: Sequence[Example], **kwargs) -> list[float]:
+    """ARTE's draft score s_r: the student's one-shot accuracy with each demo."""
+    return [sum(row) / len(row) for row in one_shot_correct(model, tokenizer, task, demos, questions, **kwargs)]
+
+def _completion_loss(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]):
+    """Mean token loss of completions given prompts (prompt tokens masked out)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, labels = [], []
+    for prompt, completion in zip(prompts, completions):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+    label_ids = torch.tensor([[-100] * (width - len(x)) + x for x in labels], device=device)
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(x) for x in ids])[:, None]).long().to(device)
+    return model(input_ids=input_ids, attention_mask=mask, labels=label_ids).loss
+
+
+def influence_scores(model, tokenizer, task: Task, demos: Sequence[tuple[str, str]], questions: Sequence[Example],
+                     *, learning_rate: float = 1e-3, description: str = "influence scoring") -> list[float]:
+    """Local data influence (Montessori-Instruct): validation-loss drop after one SGD step on each draft.
+
+    Validation targets are the questions' gold rationales (or answers) in the task's format.
+    """
+    import torch
+
+    from .progress import track
+
+    val_prompts = [task.prompt(ex.question) for ex in questions]
+    val_targets = [" " + (ex.rationale or task.style.wrap_answer(ex.answer)) for ex in questions]
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.train()
+    with torch.no_grad():
+        base = _completion_loss(model, tokenizer, val_prompts, val_targets).item()
     scores = []
-    for i in range(len(demos)):
-        chunk = completions[i * n:(i + 1) * n]
-        scores.append(sum(task.is_correct(c, ex) for c, ex in zip(chunk, questions)) / n)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    for question, rationale in track(demos, description, total=len(demos)):
+        optimizer.zero_grad()
+        _completion_loss(model, tokenizer, [task.prompt(question)], [" " + rationale]).backward()
+        optimizer.step()
+        with torch.no_grad():
+            after = _completion_loss(model, tokenizer, val_prompts, val_targets).item()
+        scores.append(base - after)
+        model.load_state_dict(original)
+    model.eval()
     return scores

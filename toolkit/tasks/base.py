@@ -31,6 +31,7 @@ class PromptStyle:
     header: str = ""  # task description and instructions, printed once before demos
     answer_open: str = "<ans>"
     answer_close: str = "</ans>"
+    stop: tuple[str, ...] = ("</ans>", "\nQuestion:")  # where a completion ends
 
     def render(self, question: str, demos: Sequence[tuple[str, str]] = ()) -> str:
         parts = [self.header] if self.header else []
@@ -63,6 +64,14 @@ class Task:
     # re-derives the gold answer of a drafted question; None where the task has no parser
     solver: Callable[[str], str | None] | None = None
     source: str = ""  # file or generator the task came from
+    # how the teacher drafts questions: "tagged" (ARTE's <Question_k> blocks) or "lines" (`Q:` lines)
+    drafting: str = "tagged"
+    # step-by-step solution of a question as `a op b=r` equations, for the grounding tool
+    solution_steps: Callable[[str], list[str] | None] | None = None
+    # TeacherLM annotation prompts per kind (F, C, M) with {question} and {answer}; None = the paper's
+    annotation_prompts: dict[str, str] | None = None
+    # names the style of a rationale (for reports of what alignment changed); None where unknown
+    style_of: Callable[[str], str] | None = None
 
     def extract(self, completion: str) -> str | None:
         from .answers import extract_answer
@@ -77,5 +86,10 @@ class Task:
 
     def prompt(self, question: str, demos: Sequence[tuple[str, str]] = ()) -> str:
         header = self.style.header.format(description=self.description) if self.style.header else ""
-        style = PromptStyle(self.style.demo, self.style.query, header, self.style.answer_open, self.style.answer_close)
-        return style.render(question, demos)
+        return header + PromptStyle(self.style.demo, self.style.query).render(question, demos)
+
+    def technique_prompt(self, question: str, technique: str) -> str:
+        """The zero-shot prompt with a reasoning-technique instruction on the line before the answer."""
+        plain = self.prompt(question)
+        head, _, tail = plain.rpartition("\n")
+        return f"{head}\n{self.techniques[technique]}\n{tail}"

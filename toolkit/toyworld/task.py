@@ -6,10 +6,11 @@ import random
 
 from ..tasks.base import Example, PromptStyle, Task
 from .problems import make_splits, parse_question
-from .styles import STYLES, render_rationale
+from .styles import STYLES, classify_style, render_rationale
 
 # The model continues after "A:" with " " + rationale.
-TOY_STYLE = PromptStyle(demo="Q: {question}\nA: {rationale}\n", query="Q: {question}\nA:", answer_open="#### ", answer_close="")
+TOY_STYLE = PromptStyle(demo="Q: {question}\nA: {rationale}\n", query="Q: {question}\nA:", answer_open="#### ", answer_close="",
+                        stop=("\n",))
 
 DEFAULT_SIZES = {"seed": 32, "preference": 160, "validation": 160, "test": 300}
 TECHNIQUES = {style: f"Style: {style}" for style in STYLES}
@@ -18,6 +19,11 @@ TECHNIQUES = {style: f"Style: {style}" for style in STYLES}
 def _solve(question: str) -> str | None:
     p = parse_question(question)
     return str(p.answer) if p else None
+
+
+def _solution_steps(question: str) -> list[str] | None:
+    p = parse_question(question)
+    return [s.equation for s in p.steps] if p else None
 
 
 def toy_examples(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Example]]:
@@ -42,5 +48,12 @@ def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
         style=TOY_STYLE,
         techniques=dict(TECHNIQUES),
         solver=_solve,
+        solution_steps=_solution_steps,
+        drafting="lines",
+        style_of=classify_style,
+        # The toy teacher never saw TeacherLM's prompts; its nearest skills stand in for them:
+        # its "mistake" style opens with a fundamentals / common-mistake line.
+        annotation_prompts={"C": "Q: {question}\nStyle: step\nA:", "M": "Q: {question}\nStyle: mistake\nA:",
+                            "F": "Q: {question}\nStyle: mistake\nA:"},
         source="edge_tailor.toyworld.problems",
     )

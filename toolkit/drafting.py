@@ -1,0 +1,83 @@
+"""Question drafting: the prompt that shows k seed questions, and the parser of what comes back.
+
+Two layouts: ARTE's tagged blocks (`<Question_k><input>..</input><target>..</target></Question_k>`)
+for instruction-following teachers, and plain `Q:` lines for the embedded world's teacher.
+Every drafted question is validated and de-duplicated; what is dropped is counted by reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .tasks.base import Example, Task
+
+TAGGED_INSTRUCTION = (
+    "{description}\nHere are {k} example questions with their answers. Brainstorm, then write {m} new, "
+    "different questions of the same kind, each as <Question_N><input>question</input><target>answer"
+    "</target></Question_N>.\n\n")
+_BLOCK = re.compile(r"<Question_\d+>\s*<input>(.*?)</input>\s*<target>(.*?)</target>\s*</Question_\d+>", re.S)
+
+
+def drafting_prompt(task: Task, seeds: list[Example], new: int = 5) -> str:
+    if task.drafting == "lines":
+        from .toyworld.corpus import drafting_prompt as lines_prompt
+
+        return lines_prompt([s.question for s in seeds])
+    blocks = "".join(f"<Question_{i + 1}><input>{s.question}</input><target>{s.answer}</target></Question_{i + 1}>\n"
+                      for i, s in enumerate(seeds))
+    head = TAGGED_INSTRUCTION.format(description=task.description, k=len(seeds), m=new)
+    return f"{head}{blocks}<Question_{len(seeds) + 1}>"
+
+
+def parse_drafts(task: Task, completion: str) -> list[tuple[str, str | None]]:
+    """(question, target-or-None) pairs as written, before validation."""
+    if task.drafting == "lines":
+        lines = ("Q:" + completion).split("\n")
+        return [(line[2:].strip(), None) for line in lines if line.startswith("Q:")]
+    # the prompt already opened the first block, so restore its tag before matching
+    text = f"<Question_0>{completion}"
+    return [(q.strip(), t.strip()) for q, t in _BLOCK.findall(text)]
+
+
+@dataclass
+class DraftFilter:
+    """Validates drafted questions against the task and everything seen so far."""
+
+    task: Task
+    seen: set[str] = field(default_factory=set)
+    dropped: Counter = field(default_factory=Counter)
+    kept: list[Example] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.seen = {self._key(q) for q in self.seen}
+
+    @staticmethod
+    def _key(question: str) -> str:
+        return " ".join(question.lower().split())
+
+    def add(self, question: str, target: str | None) -> Example | None:
+        from .tasks.answers import normalize
+
+        if not question:
+            self.dropped["empty"] += 1
+            return None
+        if self.task.solver is not None:
+            answer = self.task.solver(question)
+            if answer is None:
+                self.dropped["unparseable"] += 1
+                return None
+        elif target:
+            answer = normalize(target, self.task.answer_kind)
+        else:
+            self.dropped["no_target"] += 1
+            return None
+        key = self._key(question)
+        if key in self.seen:
+            self.dropped["duplicate"] += 1
+            return None
+        self.seen.add(key)
+        example = Example(question, answer)
+        self.kept.append(example)
+        return example

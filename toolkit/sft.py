@@ -1,0 +1,49 @@
+"""Supervised distillation of the student: trl's SFTTrainer, a peft LoRA adapter, loss on the
+completion only, and (optionally) the target's fake quantization under the adapter."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig as PeftLoraConfig
+from trl import SFTConfig, SFTTrainer
+
+from .config import DistillConfig
+from .qat import convert_qat, count_fake_quantized, prepare_qat
+
+
+def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SFTConfig:
+    cuda = torch.cuda.is_available() and device != "cpu"
+    return SFTConfig(output_dir=output_dir, max_steps=dc.max_steps, per_device_train_batch_size=dc.batch_size,
+                     learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
+                     logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
+                     data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                     completion_only_loss=True, max_length=256, dataloader_num_workers=0, disable_tqdm=False)
+
+
+def train_student(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
+                  device: str = "auto", workdir: Path) -> tuple[torch.nn.Module, dict]:
+    """LoRA SFT (with the target's fake quantization when `quant` is given); returns the merged,
+    de-fake-quantized model and the training record."""
+    torch.manual_seed(seed)
+    if quant is not None:
+        prepare_qat(model, quant)
+    fake = count_fake_quantized(model)
+    lora = PeftLoraConfig(r=dc.lora.r, lora_alpha=dc.lora.alpha, lora_dropout=dc.lora.dropout,
+                          target_modules=dc.lora.target_modules, task_type="CAUSAL_LM")
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
+                         processing_class=tokenizer, peft_config=lora)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainer.train()
+    losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
+    merged = trainer.model.merge_and_unload()
+    if fake:
+        convert_qat(merged)
+    merged.eval()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return merged, {"examples": len(rows), "steps": trainer.state.global_step, "loss": losses,
+                    "trainable_parameters": trainable, "fake_quantized_linears": fake}

@@ -1,0 +1,46 @@
+"""Stage `distill`: LoRA + target-matched QAT fine-tuning of the student on the aligned teacher's
+data; merge, remove fake quantization, save (safetensors + tokenizer), evaluate."""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..evaluate import evaluate_model, summary
+from ..models import load_model
+from ..rundir import RunDir
+from ..sft import train_student
+from ..target import load_target
+from ..tasks import load_task
+from .prefer import read_jsonl
+
+
+def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
+    rows = read_jsonl(run_dir.stage_dir("generate") / f"{teacher}.jsonl")
+    if cfg.distill.use_annotations:
+        annotated = run_dir.stage_dir("elicit") / "annotated.jsonl"
+        if annotated.exists():
+            task = load_task(cfg.elicit.annotate)
+            rows += [{"prompt": task.prompt(r["question"]), "completion": " " + r["completion"]}
+                     for r in read_jsonl(annotated)]
+    return rows
+
+
+def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, qat: bool):
+    task = load_task(cfg.task)
+    student = load_model(cfg.student, cfg.device)
+    quant = load_target(cfg.target).quant if qat else None
+    model, record = train_student(student.model, student.tokenizer, training_rows(cfg, run_dir, teacher),
+                                  cfg.distill, quant=quant, seed=seed, device=cfg.device, workdir=workdir)
+    ev = cfg.evaluate
+    result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
+                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                            description=f"student ({teacher} data, seed {seed}) on test")
+    return model, student.tokenizer, record, result
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    folder = run_dir.stage_dir("distill")
+    model, tokenizer, record, result = distill_and_evaluate(cfg, run_dir, "aligned", cfg.seed, folder / "trainer",
+                                                            cfg.distill.qat)
+    model.save_pretrained(folder / "student", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "student")
+    return {"metrics": {"training": record, "qat": cfg.distill.qat, "student_fp32": summary(result)}}
