@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", action="append", default=[], metavar="STAGE", help="run only this stage (repeatable)")
 
     for st in STAGES:
+        if st.name in ("bench", "report"):  # own commands below (`tailor bench BUNDLE`, `tailor report DIR`)
+            continue
         one = sub.add_parser(st.name, help=f"run one stage: {st.summary}")
         one.add_argument("--run", required=True, help="the run directory")
         one.add_argument("--force", action="store_true", help="redo it even if up to date")
@@ -55,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir")
 
     sub.add_parser("targets", help="list the shipped device targets with their budgets")
+
+    gate = sub.add_parser("gate", help="compare a run's report with its target's budgets (exit 0 / 1 / 2)",
+                          description="Exit 0 when every budget holds, 1 when one is broken, 2 on bad input.")
+    gate.add_argument("run_dir", help="a run directory (or a report.json)")
+    gate.add_argument("--target", help="judge against another target's budgets")
+
+    verify = sub.add_parser("verify", help="re-check a bundle's hashes and run a smoke decode (exit 0 / 1)")
+    verify.add_argument("bundle")
+    verify.add_argument("--target", help="the target the bundle must be built for")
+
+    bench = sub.add_parser("bench", help="measure a bundle's latency on the edge runtime (or --run DIR: the stage)")
+    bench.add_argument("bundle", nargs="?")
+    bench.add_argument("--run", help="run the pipeline's bench stage in this run directory instead")
+    bench.add_argument("--force", action="store_true", help="with --run: redo it even if up to date")
+    bench.add_argument("--target", help="run with this target's threads and shapes instead of the bundle's")
+    bench.add_argument("--model-file", default="model.onnx")
+
+    report = sub.add_parser("report", help="rebuild report.json and report.md from a run's records")
+    report.add_argument("run_dir")
 
     config = sub.add_parser("config", help="config tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -97,6 +118,74 @@ def cmd_run(args) -> int:
     (run.root / "config.yaml").write_text(_yaml(cfg))
     run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force))
     print(f"run directory: {run.root}  (config hash {config_hash(cfg)})")
+    if (run.root / "report.json").exists() and run.record("report"):
+        return _gate_and_print(str(run.root), None)
+    return 0
+
+
+def _gate_and_print(run_dir: str, target: str | None) -> int:
+    from .benchmarks.gate import gate, print_table
+
+    passed, results, tgt = gate(run_dir, target)
+    print_table(results, tgt)
+    broken = [n for n, r in results.items() if not r["passed"]]
+    print("verdict: PASSED, every budget held" if passed else f"verdict: FAILED, broken budget(s): {', '.join(broken)}")
+    return 0 if passed else 1
+
+
+def cmd_gate(args) -> int:
+    return _gate_and_print(args.run_dir, args.target)
+
+
+def cmd_verify(args) -> int:
+    from .errors import ArtifactError
+    from .export.bundle import verify_bundle
+
+    try:
+        info = verify_bundle(args.bundle, args.target)
+    except ArtifactError as exc:
+        print(f"verify FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"verify OK: {args.bundle}: {json.dumps(info, default=str)[:400]}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import shutil
+    import tempfile
+
+    from .benchmarks.latency import measure
+    from .target import target_path
+
+    if args.run:
+        return cmd_stage(args)
+    if not args.bundle:
+        raise _usage("tailor bench: give a BUNDLE folder or --run DIR")
+    bundle = Path(args.bundle)
+    if not (bundle / args.model_file).is_file():
+        raise _usage(f"{bundle / args.model_file}: missing: not a bundle")
+    if args.target:  # run the bundle's model under another target's runtime block and shapes
+        tmp = Path(tempfile.mkdtemp())
+        for f in bundle.iterdir():
+            if f.is_file():
+                (tmp / f.name).symlink_to(f.resolve())
+        (tmp / "target.toml").unlink()
+        shutil.copy2(target_path(args.target), tmp / "target.toml")
+        bundle = tmp
+    print(json.dumps(measure(bundle, args.model_file), indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .config import load_config
+    from .rundir import RunDir
+    from .stages.report import write_report
+
+    run = RunDir(args.run_dir)
+    if not (run.root / "config.yaml").exists():
+        raise _usage(f"{run.root / 'config.yaml'}: missing: not a run directory")
+    report = write_report(run, load_config(run.root / "config.yaml").target)
+    print(f"wrote {run.root / 'report.json'} and {run.root / 'report.md'} (passed: {report['passed']})")
     return 0
 
 
@@ -198,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import InputError
     from .pipeline import STAGE_NAMES
 
-    handlers = {"run": cmd_run, "status": cmd_status, "targets": cmd_targets, "config": cmd_config, "toy": cmd_toy}
-    handler = cmd_stage if args.command in STAGE_NAMES else handlers[args.command]
+    handlers = {"run": cmd_run, "status": cmd_status, "targets": cmd_targets, "config": cmd_config, "toy": cmd_toy,
+                "gate": cmd_gate, "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report}
+    handler = handlers.get(args.command) or (cmd_stage if args.command in STAGE_NAMES else None)
     try:
         return handler(args)
     except (InputError, _UsageError) as exc:

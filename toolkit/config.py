@@ -120,6 +120,16 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(48, ge=4)
 
 
+class ExportConfig(Section):
+    parity_prompts: int = Field(8, ge=1, description="task prompts for the fp32 ONNX vs PyTorch parity check")
+    parity_tokens: int = Field(16, ge=1, description="greedy tokens compared per parity prompt")
+    calibration_samples: int = Field(64, ge=1, description="task prompts for static INT8 calibration")
+
+
+class BenchConfig(Section):
+    reference_rounds: int = Field(5, ge=1, description="interleaved PyTorch-fp32 / edge rounds for relative budgets")
+
+
 class RunConfig(Section):
     name: str = Field("default", description="run name: the run directory is <out>/<name>")
     seed: int = 0
@@ -135,6 +145,8 @@ class RunConfig(Section):
     generate: GenerateConfig = GenerateConfig()
     distill: DistillConfig = DistillConfig()
     evaluate: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
 
 
 def _read_file(path: Path) -> dict[str, Any]:

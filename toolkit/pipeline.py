@@ -49,6 +49,12 @@ STAGES: tuple[Stage, ...] = (
           needs=("generate",), sections=("distill", "evaluate"), uses_target=True),
     Stage("ablation", "student trained on original vs aligned teacher data, several seeds",
           needs=("distill", "baseline"), sections=("distill", "evaluate"), uses_target=True),
+    Stage("export", "ONNX export (Optimum, KV cache), fp32 parity, quantization per target, INT8 accuracy",
+          needs=("distill",), sections=("export", "evaluate"), uses_target=True),
+    Stage("bench", "latency on the edge runtime with the target's shapes, and the PyTorch fp32 reference",
+          needs=("export",), sections=("bench",), uses_target=True),
+    Stage("report", "report.json, report.md with plots, and the verified bundle/",
+          needs=("baseline", "generate", "ablation", "export", "bench"), uses_target=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -95,7 +101,8 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
     except BaseException as exc:
         run.fail_stage(st.name, f"{type(exc).__name__}: {exc}")
         raise
-    return run.finish_stage(st.name, fp, record, time.perf_counter() - started)
+    extra = tuple(record.pop("extra_files", ()))  # files a stage writes at the run's root (report.json)
+    return run.finish_stage(st.name, fp, record, time.perf_counter() - started, extra)
 
 
 def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str] | None = None,

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RECORD = "record.json"
+RECORDS = "records"  # <run>/records/<stage>.json: kept apart so a stage folder (bundle/) holds only its files
 TRACKED_PACKAGES = ("edge-tailor", "torch", "transformers", "trl", "peft", "torchao", "bitsandbytes",
                     "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
 
@@ -76,29 +76,32 @@ class RunDir:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
+    def record_path(self, stage: str) -> Path:
+        return self.root / RECORDS / f"{stage}.json"
+
     def record(self, stage: str) -> dict | None:
-        path = self.stage_dir(stage) / RECORD
+        path = self.record_path(stage)
         if not path.exists():
             return None
         return json.loads(path.read_text())
 
     def start_stage(self, stage: str) -> Path:
         """Clear what an interrupted or outdated attempt left and return an empty stage folder."""
+        self.record_path(stage).unlink(missing_ok=True)
         folder = self.stage_dir(stage)
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         return folder
 
-    def finish_stage(self, stage: str, fingerprint: str, record: dict, seconds: float) -> dict:
+    def finish_stage(self, stage: str, fingerprint: str, record: dict, seconds: float,
+                     extra_files: tuple[Path, ...] = ()) -> dict:
         folder = self.stage_dir(stage)
-        artifacts = {
-            str(p.relative_to(self.root)): sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD
-        }
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()] + [Path(p) for p in extra_files]
+        artifacts = {str(p.relative_to(self.root)): sha256_file(p) for p in files}
         full = {"stage": stage, "status": "done", "fingerprint": fingerprint, "seconds": round(seconds, 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "artifacts": artifacts, **record}
-        write_json_atomic(folder / RECORD, full)
+        write_json_atomic(self.record_path(stage), full)
         self._update_manifest(stage, full)
         return full
 

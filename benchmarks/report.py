@@ -1,0 +1,159 @@
+"""report.json (DESIGN.md's contract) and the human report (markdown + PNG plots), assembled
+from a run's stage records, so `tailor report DIR` can rebuild them at any time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_tailor.rundir import RunDir
+from edge_tailor.target import load_target
+
+from .gate import check_budgets
+
+
+def _acc(record: dict | None, *path) -> float | None:
+    node = record
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def assemble(run: RunDir, target_name: str) -> dict:
+    rec = {s: (run.record(s) or {}).get("metrics", {}) for s in
+           ("baseline", "generate", "distill", "ablation", "export", "bench", "align", "elicit", "prefer")}
+    base, export, bench = rec["baseline"], rec["export"], rec["bench"]
+    accuracy = {
+        "teacher": _acc(base, "teacher_with_tools", "accuracy"),
+        "teacher_no_tools": _acc(base, "teacher", "accuracy"),
+        "student_before": _acc(base, "student_before", "accuracy"),
+        "student_fp32": _acc(rec["distill"], "student_fp32", "accuracy"),
+        "student_int8": _acc(export, "student_int8", "accuracy"),
+        "stderr": {"teacher": _acc(base, "teacher_with_tools", "stderr"),
+                   "student_before": _acc(base, "student_before", "stderr"),
+                   "student_fp32": _acc(rec["distill"], "student_fp32", "stderr"),
+                   "student_int8": _acc(export, "student_int8", "stderr")},
+        "test_questions": _acc(rec["distill"], "student_fp32", "n"),
+    }
+    latency = {k: bench.get(k) for k in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s",
+                                         "prompt_tokens_per_s", "peak_rss_mb", "model_mb", "threads", "prompt_tokens",
+                                         "new_tokens", "repeats")}
+    latency["reference"] = bench.get("reference")
+    latency["variants"] = bench.get("variants")
+    report = {
+        "target": target_name,
+        "accuracy": accuracy,
+        "ablation": {"original_teacher": rec["ablation"].get("original_teacher"),
+                     "aligned_teacher": rec["ablation"].get("aligned_teacher"),
+                     "student_before": accuracy["student_before"]},
+        "latency": latency,
+        "alignment": {"held_out": rec["generate"].get("held_out"), "pairs": rec["align"].get("pairs"),
+                      "reward_margin": rec["align"].get("reward_margin")},
+        "export": {"parity": export.get("parity"), "fallback": export.get("chosen"),
+                   "weight_only": export.get("weight_only")},
+        "stages": {s: info.get("seconds") for s, info in run.manifest().get("stages", {}).items()},
+    }
+    report["budgets"] = check_budgets(report, load_target(target_name))
+    report["passed"] = all(b["passed"] for b in report["budgets"].values())
+    return report
+
+
+def _fmt(value, pct: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.3g}"
+
+
+def plots(report: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    acc, err = report["accuracy"], report["accuracy"]["stderr"]
+    names = ["teacher", "student_before", "student_fp32", "student_int8"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    values = [acc.get(n) or 0 for n in names]
+    ax.bar(names, values, yerr=[err.get(n) or 0 for n in names], color=["#777", "#c99", "#69c", "#36a"], capsize=4)
+    ab = report["ablation"]
+    for i, key in enumerate(("original_teacher", "aligned_teacher")):
+        if ab.get(key):
+            ax.errorbar([4 + i], [ab[key]["mean"]], yerr=[ab[key]["std"]], fmt="o", color="#a63", capsize=4)
+    ax.set_xticks(range(6 if ab.get("aligned_teacher") else 4))
+    ax.set_xticklabels(names + (["SFT on original\nteacher data", "SFT on aligned\nteacher data"]
+                                if ab.get("aligned_teacher") else []), fontsize=7)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy (error bars: sampling error / seed spread)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    lat = report["latency"]
+    points = []
+    ref = lat.get("reference") or {}
+    if ref.get("torch_fp32_ms_per_token_p50"):
+        points.append(("PyTorch fp32", ref["torch_fp32_ms_per_token_p50"], acc.get("student_fp32")))
+    for name, v in (lat.get("variants") or {}).items():
+        accuracy = acc.get("student_int8") if name == "model.onnx" else \
+            ((report["export"].get("weight_only") or {}).get(name) or {}).get("accuracy")
+        points.append((f"edge {name}", v["ms_per_token_p50"], accuracy))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label, ms, a in points:
+        if a is not None:
+            ax.scatter([ms], [a], s=40)
+            ax.annotate(label, (ms, a), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("ms per generated token (p50)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against latency", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy_latency.png", dpi=120)
+    plt.close(fig)
+    return ["accuracy.png", "accuracy_latency.png"]
+
+
+def markdown(report: dict, plot_folder: str) -> str:
+    acc, lat, ab = report["accuracy"], report["latency"], report["ablation"]
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    broken = [n for n, b in report["budgets"].items() if not b["passed"]]
+    lines = [f"# edge-tailor report: target `{report['target']}`", "",
+             f"**Verdict: {verdict}**" + (f" (broken: {', '.join(broken)})" if broken else " (every budget held)")
+             + f". Student INT8 accuracy {_fmt(acc['student_int8'])}, "
+             f"{_fmt(lat.get('ms_per_token_p50'), False)} ms/token p50 on the edge runtime.", "",
+             "## Accuracy (test split)", "", "| model | accuracy | sampling error |", "| --- | --- | --- |"]
+    for name in ("teacher", "student_before", "student_fp32", "student_int8"):
+        lines.append(f"| {name} | {_fmt(acc[name])} | {_fmt(acc['stderr'].get(name))} |")
+    lines += ["", f"![accuracy]({plot_folder}/accuracy.png)", "", "## What ARTE bought (ablation)", "",
+              "| student trained on | mean | std | seeds |", "| --- | --- | --- | --- |",
+              f"| nothing (student before) | {_fmt(ab.get('student_before'))} | - | - |"]
+    for key in ("original_teacher", "aligned_teacher"):
+        if ab.get(key):
+            lines.append(f"| {key.replace('_', ' ')}'s data | {_fmt(ab[key]['mean'])} | {_fmt(ab[key]['std'])} | "
+                         f"{', '.join(_fmt(s) for s in ab[key]['seeds'])} |")
+    held = (report.get("alignment") or {}).get("held_out") or {}
+    if held:
+        lines += ["", "What alignment changed in the teacher's drafts (held-out seeds):", "",
+                  "| teacher | mean preference score | stderr | well-formed | style mix | mean chars |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for key, h in held.items():
+            lines.append(f"| {key} | {h['mean_preference_score']:.3f} | {h['stderr']:.3f} | "
+                         f"{_fmt(h['well_formed_rationale_share'])} | {h.get('style_mix')} | {h['mean_rationale_chars']} |")
+    ref = lat.get("reference") or {}
+    lines += ["", "## Latency (edge runtime, target threads)", "", "| figure | value |", "| --- | --- |"]
+    for key in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s", "prompt_tokens_per_s",
+                "peak_rss_mb", "model_mb"):
+        lines.append(f"| {key} | {_fmt(lat.get(key), False)} |")
+    if ref:
+        lines.append(f"| PyTorch fp32 eager ms/token (interleaved) | {_fmt(ref['torch_fp32_ms_per_token_p50'], False)} |")
+        lines.append(f"| edge ms/token (interleaved) / PyTorch fp32 | {_fmt(ref['ratio'], False)} |")
+    lines += ["", f"![accuracy against latency]({plot_folder}/accuracy_latency.png)", "",
+              "## Budgets", "", "| budget | kind | limit | measured | passed |", "| --- | --- | --- | --- | --- |"]
+    for name, b in report["budgets"].items():
+        lines.append(f"| {name} | {b['kind']} | {b['limit']:g} {b['unit']} | {b['measured']:g} | "
+                     f"{'yes' if b['passed'] else '**NO**'} |")
+    lines += ["", "Relative budgets compare figures measured interleaved in this run (robust on shared machines);",
+              "absolute budgets are meant for runs on the real device.", "", "## Stages", "",
+              "| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {s} | {sec} |" for s, sec in report["stages"].items()]
+    return "\n".join(lines) + "\n"

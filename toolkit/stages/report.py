@@ -1,0 +1,50 @@
+"""Stage `report`: report.json and report.md (with plots) at the run's root, and the bundle that
+ships (verified after it is written)."""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..rundir import RunDir, write_json_atomic
+from ..target import target_path
+
+PLOTS = "report"
+
+
+def write_report(run_dir: RunDir, target: str) -> dict:
+    from ..benchmarks.report import assemble, markdown, plots
+
+    report = assemble(run_dir, target)
+    plots(report, run_dir.root / PLOTS)
+    write_json_atomic(run_dir.root / "report.json", report)
+    (run_dir.root / "report.md").write_text(markdown(report, PLOTS))
+    return report
+
+
+def card_info(cfg: RunConfig, report: dict) -> dict:
+    ab = report["ablation"]
+    aligned = ab.get("aligned_teacher") or {}
+    return {
+        "task": cfg.task.name, "base_model": cfg.student.path,
+        "intended_use": f"Answering `{cfg.task.name}` questions on the device described by target `{cfg.target}`, "
+                        "run by the bundled edge runtime (onnxruntime + numpy + tokenizers).",
+        "training_data": f"{cfg.generate.examples} examples written by the teacher (`{cfg.teacher.path}`) after ARTE "
+                         "alignment to this student (DPO on the student's one-shot preferences); greedy rationales "
+                         "kept only when their answer matched the task's solver.",
+        "method": f"LoRA (r={cfg.distill.lora.r}) fine-tuning with trl's SFTTrainer"
+                  + (" under torchao fake quantization matching the target's INT8 scheme" if cfg.distill.qat else "")
+                  + "; merged, exported with Optimum (text-generation-with-past), quantized with ONNX Runtime. "
+                  f"ARTE ablation: aligned-teacher data {aligned.get('mean')} vs original-teacher data "
+                  f"{(ab.get('original_teacher') or {}).get('mean')} (mean test accuracy over seeds).",
+    }
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    from ..export.bundle import make_bundle, verify_bundle
+
+    report = write_report(run_dir, cfg.target)
+    bundle = run_dir.root / "bundle"
+    make_bundle(run_dir.stage_dir("export") / "quantized", target_path(cfg.target), bundle, report,
+                card_info(cfg, report))
+    verified = verify_bundle(bundle, target_path(cfg.target))
+    return {"metrics": {"passed": report["passed"], "verified": bool(verified)},
+            "extra_files": [run_dir.root / "report.json", run_dir.root / "report.md", *sorted(p for p in bundle.rglob("*") if p.is_file())]}
