@@ -17,7 +17,8 @@ TAGGED_INSTRUCTION = (
     "{description}\nHere are {k} example questions with their answers. Brainstorm, then write {m} new, "
     "different questions of the same kind, each as <Question_N><input>question</input><target>answer"
     "</target></Question_N>.\n\n")
-_BLOCK = re.compile(r"<Question_\d+>\s*<input>(.*?)</input>\s*<target>(.*?)</target>\s*</Question_\d+>", re.S)
+_NO_TAG = r"((?:(?!<Question_|<input>|<target>).)*?)"  # a field never runs into the next block
+_BLOCK = re.compile(rf"<Question_\d+>\s*<input>{_NO_TAG}</input>\s*<target>{_NO_TAG}</target>\s*</Question_\d+>", re.S)
 
 
 def drafting_prompt(task: Task, seeds: list[Example], new: int = 5) -> str:

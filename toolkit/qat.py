@@ -46,11 +46,10 @@ def _linear_filter(include_head: bool):
 def prepare_qat(model: torch.nn.Module, quant, source: str = "target") -> torch.nn.Module:
     """Swap linears for fake-quantized ones (in place). Do this *before* adding LoRA adapters."""
     activation, weight = fake_quant_configs(quant, source)
-    # The output head stays out of QAT while tied to the embeddings: swapping it would untie them.
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    include_head = quant.quantize_lm_head and not tied
+    # The head is fake-quantized exactly when the exporter quantizes it (a tied head stays tied:
+    # the swapped module keeps the embedding's Parameter).
     quantize_(model, QATConfig(activation_config=activation, weight_config=weight, step="prepare"),
-              filter_fn=_linear_filter(include_head))
+              filter_fn=_linear_filter(quant.quantize_lm_head))
     return model
 
 

@@ -1,0 +1,141 @@
+"""ARTE's pieces that need no model: draft parsing, pair rules, scoring bookkeeping, item choice."""
+
+import random
+
+import numpy as np
+import pytest
+
+from edge_tailor import scoring
+from edge_tailor.annotate import check_order, compose
+from edge_tailor.drafting import DraftFilter, drafting_prompt, parse_drafts
+from edge_tailor.errors import InputError
+from edge_tailor.pairs import question_pairs, rationale_pairs
+from edge_tailor.preference_set import choose_items, discrimination_index, fit_irt_2pl
+from edge_tailor.tasks.base import Example, Task
+from edge_tailor.toyworld.task import toy_task
+
+TOY = toy_task()
+GOOD = "A bin holds 40 bolts. 5 bolts are defective and removed. How many bolts are there now?"
+
+
+def _generic_task():
+    return Task(name="g", description="Answer yes or no.", answer_kind="yesno", seed=[], preference=[], test=[],
+                techniques={"decompose": "Break it into steps."})
+
+
+def test_lines_parser_on_malformed_teacher_output():
+    out = f" {GOOD}\nQ: A bin holds 7 gears. 9 gears are defective and removed. How many gears are there now?\n" \
+          "Q: garbled words here\nQ:\nQ: " + GOOD + "\nnot a question line"
+    drafts = parse_drafts(TOY, out)
+    filt = DraftFilter(TOY, seen={TOY.seed[0].question})
+    for q, t in drafts:
+        filt.add(q, t)
+    assert [e.question for e in filt.kept] == [GOOD]
+    assert filt.kept[0].answer == "35"
+    assert dict(filt.dropped) == {"unparseable": 2, "empty": 1, "duplicate": 1}  # 7-9 < 0 is unparseable
+
+
+def test_tagged_parser_keeps_complete_blocks_only():
+    task = _generic_task()
+    seeds = [Example("Is ice cold?", "Yes")]
+    prompt = drafting_prompt(task, seeds)
+    assert prompt.endswith("<Question_2>") and "<input>Is ice cold?</input><target>Yes</target>" in prompt
+    out = "<input>Is fire hot?</input><target>Yes</target></Question_2>\n<Question_3><input>Broken" \
+          "\n<Question_4><input>Is snow dark?</input><target>no</target></Question_4>"
+    assert parse_drafts(task, out) == [("Is fire hot?", "Yes"), ("Is snow dark?", "no")]
+    filt = DraftFilter(task)
+    filt.add("Is snow dark?", "no")
+    filt.add("Is it?", None)
+    assert filt.kept[0].answer == "No" and filt.dropped["no_target"] == 1
+
+
+def test_technique_prompt_and_erasure():
+    q = TOY.test[0].question
+    assert TOY.technique_prompt(q, "step") == f"Q: {q}\nStyle: step\nA:"
+    assert TOY.prompt(q) == f"Q: {q}\nA:"
+
+
+def _drafts(scores_by_question):
+    drafts = []
+    for qi, scores in enumerate(scores_by_question):
+        for ti, s in enumerate(scores):
+            drafts.append({"question": f"q{qi}", "technique": f"t{ti}", "rationale": f"r{qi}{ti} #### 1",
+                           "score": s, "correct": True, "well_formed": True, "answer": "1"})
+    return drafts
+
+
+def test_rationale_pairs_best_vs_worst_with_prompt_erasure():
+    task = _generic_task()
+    drafts = _drafts([[0.5, 0.1, 0.3], [0.2, 0.21, 0.2]])
+    pairs = rationale_pairs(task, drafts, min_gap=0.04)
+    assert len(pairs) == 1  # the second question's gap is below min_gap
+    p = pairs[0]
+    assert p["chosen"] == " r00 #### 1" and p["rejected"] == " r01 #### 1"
+    assert p["prompt"] == task.prompt("q0") and "Break it into steps" not in p["prompt"]
+    drafts[0]["correct"] = False  # a wrong best rationale is never chosen
+    assert rationale_pairs(task, drafts, 0.04) == []
+
+
+def test_question_pairs_come_from_top_and_bottom_quartiles():
+    scores = [{"question": f"q{i}", "score": i / 20} for i in range(20)]
+    answers = {s["question"]: "1" for s in scores}
+    pairs = question_pairs(TOY, scores, answers, TOY.seed[:4], 3, 50, random.Random(0))
+    assert pairs
+    top = {f" q{i}\n" for i in range(15, 20)}
+    bottom = {f" q{i}\n" for i in range(0, 5)}
+    for p in pairs:
+        assert p["chosen"] in top and p["rejected"] in bottom
+        assert p["prompt"].startswith("Questions:\n") and p["prompt"].endswith("New:\nQ:")
+
+
+def test_one_shot_scoring_bookkeeping(monkeypatch):
+    questions = [Example("a", "1"), Example("b", "2")]
+    demos = [("d1", "r1"), ("d2", "r2")]
+    # demo 1 makes the student right on both questions, demo 2 on the second only
+    answers = {("d1", "a"): "#### 1", ("d1", "b"): "#### 2", ("d2", "a"): "#### 7", ("d2", "b"): "#### 2"}
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        out = []
+        for p in prompts:
+            demo = "d1" if "Q: d1" in p else "d2"
+            question = p.rsplit("Q: ", 1)[1].split("\n")[0]
+            out.append(" " + answers[(demo, question)])
+        return out
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    assert scoring.one_shot_accuracy(None, None, TOY, demos, questions, max_new_tokens=4, batch_size=2) == [1.0, 0.5]
+
+
+def test_discrimination_index_prefers_items_that_track_the_total():
+    rng = np.random.default_rng(0)
+    ability = np.linspace(-2, 2, 12)
+    informative = (ability[:, None] + rng.normal(0, 0.3, (12, 5)) > 0).astype(float)
+    noise = rng.integers(0, 2, (12, 5)).astype(float)
+    constant = np.ones((12, 2))
+    results = np.hstack([informative, noise, constant])
+    index = discrimination_index(results)
+    assert index[:5].mean() > index[5:10].mean() and (index[10:] == 0).all()
+    keep, record = choose_items(results, 5, seed=0)
+    assert record["method"] == "discrimination_index" and len(set(keep) & set(range(5))) >= 4
+
+
+def test_irt_2pl_recovers_discrimination_order():
+    rng = np.random.default_rng(1)
+    theta = rng.normal(size=300)
+    a = np.array([3.0, 0.2])
+    p = 1 / (1 + np.exp(-a[None, :] * (theta[:, None] - 0.0)))
+    y = (rng.random((300, 2)) < p).astype(float)
+    fit = fit_irt_2pl(y, steps=400)
+    assert fit["a"][0] > 2 * fit["a"][1]
+    keep, record = choose_items(y[:10], 1, model_results=y[10:], seed=0)
+    assert record["method"] == "irt_2pl" and keep == [0]
+
+
+def test_annotation_order_and_composition():
+    assert check_order("FCM") == "FCM"
+    for bad in ("", "CX", "CC"):
+        with pytest.raises(InputError, match="annotate_order"):
+            check_order(bad)
+    ex = Example("Is ice cold?", "Yes")
+    text = compose(_generic_task(), ex, {"C": "ice is frozen water.", "M": "confusing cold with wet."}, "CM")
+    assert text == "Reasoning: ice is frozen water. Common mistakes: confusing cold with wet. <ans>Yes</ans>"
