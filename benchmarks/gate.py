@@ -29,9 +29,12 @@ def measured_value(report: dict, budget: str, source: str = "report.json") -> fl
         raise InputError(source, f"the figure for budget '{budget}'", f"missing or not a number ({exc})") from None
 
 
-def check_budgets(report: dict, target: Target, source: str = "report.json") -> dict[str, dict]:
+def check_budgets(report: dict, target: Target, source: str = "report.json",
+                  kinds: tuple[str, ...] = ("absolute", "relative")) -> dict[str, dict]:
     out = {}
     for b in target.budgets.items():
+        if b.kind not in kinds:
+            continue
         value = measured_value(report, b.name, source)
         out[b.name] = {"limit": b.limit, "measured": value, "passed": value <= b.limit, "kind": b.kind,
                        "unit": b.unit}

@@ -19,14 +19,12 @@ import numpy as np
 import onnx
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from edge_tailor.errors import ArtifactError, InputError  # noqa: E402
-from edge_tailor.export import runtime  # noqa: E402
-from edge_tailor.export.bundle import make_bundle, verify_bundle  # noqa: E402
-from edge_tailor.export.onnx_export import ParityError, check_parity, export_onnx  # noqa: E402
-from edge_tailor.export.quantize import quantize_for_target  # noqa: E402
-from edge_tailor.target import target_path  # noqa: E402
+from edge_tailor.errors import ArtifactError, InputError
+from edge_tailor.export import runtime
+from edge_tailor.export.bundle import make_bundle, verify_bundle
+from edge_tailor.export.onnx_export import ParityError, check_parity, export_onnx
+from edge_tailor.export.quantize import quantize_for_target
+from edge_tailor.target import target_path
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +44,8 @@ def model_dir(tmp_path_factory) -> Path:
              for _ in range(300)]
     tokenizer = train_tokenizer(texts, vocab_size=320)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only contends (40x slower on a busy 2-core box)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -56,9 +56,11 @@ def model_dir(tmp_path_factory) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(60):
         rows = torch.randint(0, len(texts), (32,))
-        model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], labels=labels[rows]).loss.backward()
+        model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows],
+              labels=labels[rows]).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    torch.set_num_threads(threads)
     out = tmp_path_factory.mktemp("student")
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -112,7 +114,8 @@ def test_export_writes_model_with_kv_cache_and_side_files(fp32_dir):
     assert {p.name for p in fp32_dir.iterdir()} == SIDE | {"model.onnx"}
     graph = onnx.load(str(fp32_dir / "model.onnx")).graph
     names = {i.name for i in graph.input} | {o.name for o in graph.output}
-    assert {"input_ids", "attention_mask", "position_ids", "past_key_values.1.value", "logits", "present.1.value"} <= names
+    assert {"input_ids", "attention_mask", "position_ids", "past_key_values.1.value"} <= names
+    assert {"logits", "present.1.value"} <= names
 
 
 def test_fp32_onnx_matches_pytorch(model_dir, fp32_dir):
@@ -134,7 +137,7 @@ def test_int8_quantizes_linear_layers_and_head_only(fp32_dir, int8):
     info = summary["files"]["model.onnx"]
     # 2 layers x (q, k, v, o, gate, up, down) + the output head; attention-score and rotary MatMuls stay float
     assert info["kind"] == "int8-dynamic" and info["quantized_nodes"] == info["requested_nodes"] == 15
-    assert summary["lm_head"] == {"node": "/lm_head/MatMul", "quantized": True}
+    assert summary["lm_head"] == {"node": "/lm_head/MatMul", "quantized": True, "untied_from_embedding": False}
     ops = _quantized_ops(out / "model.onnx")
     assert ops["MatMulInteger"] == 15 and ops["MatMul"] == 1 + 2 * 2
     assert info["mb"] < 0.75 * summary["fp32_mb"]
@@ -182,6 +185,25 @@ def test_static_int8_weight_only_and_fp32_fallbacks(fp32_dir, tmp_path):
         quantize_for_target(fp32_dir, tmp_path / "bad", static_file, calibration_texts=PROMPTS)
 
 
+def test_tied_output_head_is_untied_and_quantized(model_dir, tmp_path):
+    # Optimum exports a tied head as MatMul(x, Transpose(embeddings)), which quantizers skip.
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.tie_word_embeddings = True
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tied")
+    for name in SIDE - {"config.json", "generation_config.json"}:
+        shutil.copy2(model_dir / name, tmp_path / "tied" / name)
+    fp32 = export_onnx(tmp_path / "tied", tmp_path / "tied-fp32")
+    summary = quantize_for_target(fp32, tmp_path / "tied-int8", "ci-x86")
+    assert summary["lm_head"] == {"node": "/lm_head/MatMul", "quantized": True, "untied_from_embedding": True}
+    assert summary["files"]["model.onnx"]["quantized_nodes"] == 15
+    model = runtime.EdgeModel.load(tmp_path / "tied-int8")
+    assert model.generate(PROMPTS[0], 8).tokens == _optimum_greedy(tmp_path / "tied-int8", [PROMPTS[0]], 8)[0]
+
+
 # --- edge runtime ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["fp32", "int8"])
@@ -196,17 +218,26 @@ def test_edge_runtime_greedy_equals_optimum_generate(which, fp32_dir, int8):
 
 def test_edge_runtime_sampling_stops_and_timings(int8):
     model = runtime.EdgeModel.load(int8[0])
-    greedy = model.generate(PROMPTS[0], 12)
+    greedy = model.generate(PROMPTS[0], 24)
     assert greedy.stop_reason == "eos" and greedy.text == model.decode(greedy.tokens)
     assert len(greedy.per_token_ms) == len(greedy.tokens) and greedy.ttft_ms > 0
-    assert model.generate(PROMPTS[0], 12, temperature=1.0, top_p=1e-9).tokens == greedy.tokens  # nucleus of one
-    hot = [model.generate(PROMPTS[0], 12, temperature=5.0, seed=s).tokens for s in (1, 1, 2)]
+    assert model.generate(PROMPTS[0], 24, temperature=1.0, top_p=1e-9).tokens == greedy.tokens  # nucleus of one
+    hot = [model.generate(PROMPTS[0], 24, temperature=5.0, seed=s).tokens for s in (1, 1, 2)]
     assert hot[0] == hot[1] != hot[2]
     stop_token = greedy.tokens[2]
-    assert model.generate(PROMPTS[0], 12, stop=[stop_token]).tokens == greedy.tokens[:greedy.tokens.index(stop_token)]
-    cut = model.generate(PROMPTS[0], 12, stop=["and"])
+    assert model.generate(PROMPTS[0], 24, stop=[stop_token]).tokens == greedy.tokens[:greedy.tokens.index(stop_token)]
+    cut = model.generate(PROMPTS[0], 24, stop=["and"])
     assert cut.stop_reason == "stop" and "and" not in cut.text and greedy.text.startswith(cut.text)
-    assert model.generate(model.encode(PROMPTS[0]), 12).tokens == greedy.tokens
+    assert model.generate(model.encode(PROMPTS[0]), 24).tokens == greedy.tokens
+
+    def force_first(new_tokens, scores):  # a decode-time tool: writes token 42 first
+        if not new_tokens[0]:
+            scores[:] = -np.inf
+            scores[:, 42] = 0
+        return scores
+
+    assert model.generate(PROMPTS[0], 4, logits_processor=force_first).tokens[0] == 42
+    assert [r.tokens[0] for r in model.generate_batch(PROMPTS, 2, logits_processor=force_first)] == [42] * 4
 
 
 def test_edge_runtime_takes_session_settings_from_target(bundle):
@@ -237,7 +268,8 @@ def test_edge_runtime_runs_with_only_onnxruntime_numpy_tokenizers(bundle, tmp_pa
             (site / libs.name).symlink_to(libs)
     script = (
         "import sys, runpy; sys.path.insert(0, sys.argv[1]); del sys.argv[:2]\n"
-        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'optimum', 'edge_tailor'})\n"
         "print('IMPORTED', bad)\n")
     cmd = [sys.executable, "-S", "-c", script, str(site), str(bundle / "edge_runtime.py"), str(bundle),
@@ -267,7 +299,8 @@ def test_bundle_files_verify_and_model_card(bundle):
 
 
 def test_bundle_loads_in_optimum(bundle):
-    assert _optimum_greedy(bundle, [PROMPTS[1]], 12)[0] == runtime.EdgeModel.load(bundle).generate(PROMPTS[1], 12).tokens
+    ours = runtime.EdgeModel.load(bundle).generate(PROMPTS[1], 12).tokens
+    assert _optimum_greedy(bundle, [PROMPTS[1]], 12)[0] == ours
 
 
 def _flip_byte(path: Path) -> None:
@@ -293,7 +326,8 @@ def test_verify_catches_tampering(bundle, fp32_dir, tmp_path, damage, file, mess
 
 
 def test_verify_catches_wrong_target(bundle, tmp_path):
-    with pytest.raises(ArtifactError, match=r"target.toml: target: bundle was built for ci-x86 \(\w+\), expected arm64-a76"):
+    expected = r"target.toml: target: bundle was built for ci-x86 \(\w+\), expected arm64-a76"
+    with pytest.raises(ArtifactError, match=expected):
         verify_bundle(bundle, target="arm64-a76")
     edited = tmp_path / "ci-x86.toml"  # same name, different values
     edited.write_text(target_path("ci-x86").read_text().replace("intra_op_threads = 2", "intra_op_threads = 3"))
