@@ -113,6 +113,9 @@ def cmd_run(args) -> int:
         if name not in STAGE_NAMES:
             raise _usage(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
     load_task(cfg.task)  # a malformed dataset fails here, before anything is written
+    import torch
+
+    torch.set_num_threads(cfg.threads or target.runtime.intra_op_threads)
     run = RunDir(Path(args.out) / cfg.name)
     run.root.mkdir(parents=True, exist_ok=True)
     (run.root / "config.yaml").write_text(_yaml(cfg))

@@ -24,26 +24,37 @@ def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SF
                      completion_only_loss=True, max_length=256, dataloader_num_workers=0, disable_tqdm=False)
 
 
-def train_student(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
-                  device: str = "auto", workdir: Path) -> tuple[torch.nn.Module, dict]:
-    """LoRA SFT (with the target's fake quantization when `quant` is given); returns the merged,
-    de-fake-quantized model and the training record."""
+def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
+                device: str = "auto", workdir: Path) -> SFTTrainer:
+    """LoRA SFT, under the target's fake quantization when `quant` is given; returns the trainer."""
     torch.manual_seed(seed)
     if quant is not None:
         prepare_qat(model, quant)
-    fake = count_fake_quantized(model)
     lora = PeftLoraConfig(r=dc.lora.r, lora_alpha=dc.lora.alpha, lora_dropout=dc.lora.dropout,
                           target_modules=dc.lora.target_modules, task_type="CAUSAL_LM")
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
                          processing_class=tokenizer, peft_config=lora)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
-    losses = [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
+    return trainer
+
+
+def merge_student(trainer: SFTTrainer) -> torch.nn.Module:
+    """Fold the adapter into the weights, then drop the fake quantization: a plain model to export."""
+    fake = count_fake_quantized(trainer.model)
     merged = trainer.model.merge_and_unload()
     if fake:
         convert_qat(merged)
-    merged.eval()
+    return merged.eval()
+
+
+def train_student(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
+                  device: str = "auto", workdir: Path) -> tuple[torch.nn.Module, dict]:
+    trainer = fit_adapter(model, tokenizer, rows, dc, quant=quant, seed=seed, device=device, workdir=workdir)
+    record = {"examples": len(rows), "steps": trainer.state.global_step,
+              "loss": [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h],
+              "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+              "fake_quantized_linears": count_fake_quantized(trainer.model)}
+    merged = merge_student(trainer)
     shutil.rmtree(workdir, ignore_errors=True)
-    return merged, {"examples": len(rows), "steps": trainer.state.global_step, "loss": losses,
-                    "trainable_parameters": trainable, "fake_quantized_linears": fake}
+    return merged, record

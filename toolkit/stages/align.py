@@ -44,8 +44,7 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir) -> tuple[object, li
     trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer")), train_dataset=data,
                          processing_class=teacher.tokenizer, peft_config=lora)
     trainer.train()
-    trainer.model.save_pretrained(output_dir / "adapter")
-    teacher.tokenizer.save_pretrained(output_dir / "adapter")
+    trainer.save_model(str(output_dir / "adapter"))  # adapter + tokenizer, written by the main process only
     history = [h for h in trainer.state.log_history if "loss" in h]
     return trainer, history
 
@@ -65,7 +64,12 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if cfg.align.rationale_pairs:
         pairs += rationale_pairs(task, drafts, cfg.align.min_score_gap)
     if not pairs:
-        raise RuntimeError("align: no preference pairs (all drafts scored alike); raise elicit.drafts")
+        from ..progress import console
+
+        console.print("[yellow]  no preference pairs (no scored drafts, or all scored alike): the teacher is not "
+                      "aligned and `generate` uses the original teacher for both data sets[/yellow]")
+        return {"metrics": {"pairs": {"question": 0, "rationale": 0}, "skipped": "no preference pairs",
+                            "loss": [], "reward_margin": [], "reward_accuracy": []}}
     rng.shuffle(pairs)
     write_jsonl(folder / "pairs.jsonl", pairs)
     trainer, history = train_dpo(cfg, pairs, folder)

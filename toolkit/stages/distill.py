@@ -26,9 +26,15 @@ def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
 
 def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, qat: bool):
     task = load_task(cfg.task)
+    rows = training_rows(cfg, run_dir, teacher)
+    if not rows:
+        from ..errors import InputError
+
+        raise InputError(run_dir.stage_dir("generate") / f"{teacher}.jsonl", None,
+                         "no training examples: the teacher wrote no answer-consistent data (see the generate record)")
     student = load_model(cfg.student, cfg.device)
     quant = load_target(cfg.target).quant if qat else None
-    model, record = train_student(student.model, student.tokenizer, training_rows(cfg, run_dir, teacher),
+    model, record = train_student(student.model, student.tokenizer, rows,
                                   cfg.distill, quant=quant, seed=seed, device=cfg.device, workdir=workdir)
     ev = cfg.evaluate
     result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],

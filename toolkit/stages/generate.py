@@ -24,8 +24,8 @@ TEACHERS = ("original", "aligned")
 
 def load_teacher(cfg: RunConfig, run_dir: RunDir, which: str):
     teacher = load_model(cfg.teacher, cfg.device)
-    if which == "aligned":
-        adapter = run_dir.stage_dir("align") / "adapter"
+    adapter = run_dir.stage_dir("align") / "adapter"
+    if which == "aligned" and adapter.exists():  # absent when `align` found no pairs (its record says so)
         teacher.model = PeftModel.from_pretrained(teacher.model, str(adapter)).merge_and_unload().eval()
     return teacher
 

@@ -41,19 +41,26 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     # Preference set: conditions = one-shot with a random sample of drafts (the styles differ).
     validation = task.preference
     rng = random.Random(cfg.seed)
-    probes = rng.sample(usable, min(pc.probe_demos, len(usable)))
-    if len(probes) < 2:
-        raise RuntimeError(f"prefer: {len(usable)} well-formed drafts from `elicit` (of {len(drafts)}): too few to "
-                           "score; the teacher does not write the task's answer format (see elicit/drafts.jsonl)")
-    results = np.array(one_shot_correct(student.model, student.tokenizer, task,
-                                        [(d["question"], d["rationale"]) for d in probes], validation,
-                                        description="probing validation items", **score_args), dtype=float)
+    probes = [(d["question"], d["rationale"]) for d in rng.sample(usable, min(pc.probe_demos, len(usable)))]
+    probe_source = "drafts"
+    if len(probes) < 2:  # a teacher that drafts nothing usable (e.g. a toy model on real data)
+        probes = [(ex.question, ex.rationale) for ex in task.seed if ex.rationale][: pc.probe_demos]
+        probe_source = "seed rationales"
     external = load_model_results(pc.model_results, len(validation)) if pc.model_results else None
-    keep, selection = choose_items(results, min(pc.preference_questions, len(validation)), external, cfg.seed)
+    keep_n = min(pc.preference_questions, len(validation))
+    if len(probes) >= 2:
+        results = np.array(one_shot_correct(student.model, student.tokenizer, task, probes, validation,
+                                            description="probing validation items", **score_args), dtype=float)
+        keep, selection = choose_items(results, keep_n, external, cfg.seed)
+    else:
+        keep, selection = list(range(keep_n)), {"method": "first_n", "kept": keep_n, "of": len(validation)}
+    selection["probes"] = f"{len(probes)} {probe_source}"
     preference = [validation[i] for i in keep]
 
     demos = [(d["question"], d["rationale"]) for d in usable]
-    if pc.scorer == "in_context":
+    if not demos:
+        scores = []
+    elif pc.scorer == "in_context":
         scores = one_shot_accuracy(student.model, student.tokenizer, task, demos, preference,
                                    description="scoring drafts (one-shot)", **score_args)
     else:

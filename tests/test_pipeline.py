@@ -1,0 +1,61 @@
+"""`tailor run` end to end on the shipped embedded world, with small stage sizes."""
+
+import json
+
+import pytest
+
+from edge_tailor.cli import main
+from edge_tailor.pipeline import STAGE_NAMES
+
+pytestmark = pytest.mark.slow
+SMALL = ["name=smoke", "threads=1", "elicit.drafts=12", "elicit.batch_size=24", "prefer.preference_questions=16",
+         "prefer.probe_demos=3", "align.max_steps=4", "align.batch_size=4", "generate.examples=24",
+         "generate.compare_questions=6", "generate.compare_preference=8", "distill.max_steps=6",
+         "distill.batch_size=8", "distill.ablation_seeds=2", "evaluate.test_questions=24", "export.parity_prompts=2",
+         "bench.reference_rounds=1"]
+REPORT_KEYS = {"target", "accuracy", "ablation", "latency", "budgets", "passed"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    code = main(["run", "--out", str(out), *SMALL])
+    assert code in (0, 1)  # 1: a budget broke on a tiny run; the report still exists
+    return out / "smoke"
+
+
+def test_every_stage_finished_with_a_record(run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [s for s in STAGE_NAMES if manifest["stages"][s]["status"] == "done"] == list(STAGE_NAMES)
+    for stage in STAGE_NAMES:
+        assert (run_dir / "records" / f"{stage}.json").exists()
+
+
+def test_report_has_the_contract_keys(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    assert REPORT_KEYS <= report.keys()
+    assert {"teacher", "student_before", "student_fp32", "student_int8"} <= report["accuracy"].keys()
+    assert {"mean", "std", "seeds"} <= report["ablation"]["aligned_teacher"].keys()
+    assert len(report["ablation"]["original_teacher"]["seeds"]) == 2
+    assert {"ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s", "peak_rss_mb",
+            "model_mb"} <= report["latency"].keys()
+    for budget in report["budgets"].values():
+        assert {"limit", "measured", "passed"} <= budget.keys()
+    assert (run_dir / "report.md").read_text().startswith("# edge-tailor report")
+    assert (run_dir / "report" / "accuracy_latency.png").stat().st_size > 1000
+
+
+def test_stage_records_hold_the_counts(run_dir):
+    record = lambda s: json.loads((run_dir / "records" / f"{s}.json").read_text())["metrics"]  # noqa: E731
+    elicit, align, generate = record("elicit"), record("align"), record("generate")
+    assert elicit["raw_questions"] >= elicit["questions_kept"] > 0 and isinstance(elicit["questions_dropped"], dict)
+    assert sum(align["pairs"].values()) > 0 and align["loss"] and align["reward_margin"]
+    assert set(generate["data"]) == {"original", "aligned"}
+
+
+def test_bundle_verifies_and_rerun_skips_everything(run_dir, capsys):
+    assert main(["verify", str(run_dir / "bundle")]) == 0
+    capsys.readouterr()
+    code = main(["run", "--out", str(run_dir.parent), *SMALL])
+    assert code in (0, 1)
+    assert capsys.readouterr().err.count("up to date, skipped") == len(STAGE_NAMES)
