@@ -1,7 +1,6 @@
 import re
 import tomllib
 from importlib import resources
-from pathlib import Path
 
 import pytest
 

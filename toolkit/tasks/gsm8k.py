@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from .answers import normalize
-from .base import ARTE_STYLE, Example, Task
-from .loading import dedupe, default_techniques, read_jsonl, require_str, split_pool
+from .base import Example, Task
+from .loading import jsonl_task, read_jsonl, require_str
 
 DESCRIPTION = "Solve grade-school math word problems that take several steps of arithmetic."
 _FINAL_RE = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
@@ -44,20 +44,5 @@ def load_gsm8k(
         if not keep_calculator_annotations:
             rationale = strip_calculator_annotations(rationale)
         examples.append(Example(question.strip(), normalize(final.group(1), "number"), rationale or None))
-    examples = dedupe(examples)
-    if not examples:
-        raise InputError(path, None, "no records")
-    if not 0 <= n_seed <= len(examples):
-        raise ValueError(f"n_seed must lie in [0, {len(examples)}], got {n_seed}")
-    preference, test = split_pool(examples[n_seed:], preference_fraction, n_preference, seed)
-    return Task(
-        name=name,
-        description=DESCRIPTION,
-        answer_kind="number",
-        seed=examples[:n_seed],
-        preference=preference,
-        test=test,
-        style=ARTE_STYLE,
-        techniques=default_techniques("number"),
-        source=str(path),
-    )
+    return jsonl_task(path, examples, name=name, description=DESCRIPTION, answer_kind="number", n_seed=n_seed,
+                      preference_fraction=preference_fraction, n_preference=n_preference, seed=seed)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar
 
 from ..errors import InputError
 from .base import Example
+
+if TYPE_CHECKING:
+    from .base import Task
 
 T = TypeVar("T")
 
@@ -103,3 +106,19 @@ def default_techniques(kind: str) -> dict[str, str]:
         **_TECHNIQUES.get(kind, {}),
         "verify": "Solve the problem, then check the result against the question before answering.",
     }
+
+
+def jsonl_task(path: Path, examples: list[Example], *, name: str, description: str, answer_kind: str, n_seed: int,
+               preference_fraction: float, n_preference: int | None, seed: int) -> Task:
+    """A task from a JSONL file's examples: de-duplicated, the first n_seed as seeds, the rest split."""
+    from .base import ARTE_STYLE, Task
+
+    examples = dedupe(examples)
+    if not examples:
+        raise InputError(path, None, "no records")
+    if not 0 <= n_seed <= len(examples):
+        raise ValueError(f"n_seed must lie in [0, {len(examples)}], got {n_seed}")
+    preference, test = split_pool(examples[n_seed:], preference_fraction, n_preference, seed)
+    return Task(name=name, description=description, answer_kind=answer_kind, seed=examples[:n_seed],
+                preference=preference, test=test, style=ARTE_STYLE, techniques=default_techniques(answer_kind),
+                source=str(path))

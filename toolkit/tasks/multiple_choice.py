@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
-from .base import ARTE_STYLE, Example, Task
-from .loading import dedupe, default_techniques, read_jsonl, require_str, split_pool
+from .base import Example, Task
+from .loading import jsonl_task, read_jsonl, require_str
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -40,24 +40,10 @@ def load_multiple_choice(
         options = _options(record, path, where)
         answer = _answer_index(record, options, path, where)
         examples.append(Example(render_question(question, options), f"({LETTERS[answer]})", options=options))
-    examples = dedupe(examples)
-    if not examples:
-        raise InputError(path, None, "no records")
-    if not 0 <= n_seed <= len(examples):
-        raise ValueError(f"n_seed must lie in [0, {len(examples)}], got {n_seed}")
-    preference, test = split_pool(examples[n_seed:], preference_fraction, n_preference, seed)
     name = name or path.stem
-    return Task(
-        name=name,
-        description=description or f"Answer multiple-choice questions ({name.replace('_', ' ')}).",
-        answer_kind="choice",
-        seed=examples[:n_seed],
-        preference=preference,
-        test=test,
-        style=ARTE_STYLE,
-        techniques=default_techniques("choice"),
-        source=str(path),
-    )
+    description = description or f"Answer multiple-choice questions ({name.replace('_', ' ')})."
+    return jsonl_task(path, examples, name=name, description=description, answer_kind="choice", n_seed=n_seed,
+                      preference_fraction=preference_fraction, n_preference=n_preference, seed=seed)
 
 
 def _options(record: dict, path: Path, where: str) -> tuple[str, ...]:
