@@ -14,7 +14,11 @@ From Python::
 
 The loop keeps the KV cache inside ONNX Runtime: each step's ``present.*`` outputs are bound
 as the next step's ``past_key_values.*`` inputs (IOBinding, no copy through numpy), and the
-decode logits land in one preallocated buffer.
+decode logits land in one preallocated buffer. A graph whose attention is ONNX Runtime's
+``GroupQueryAttention`` (metadata ``edge_tailor.kv_cache = shared``, from the exporter's attention
+fusion) gets one cache buffer per layer, sized for prompt plus new tokens and bound once as both
+past and present: the operator appends each step's keys and values in place, with no per-step
+concatenation or re-binding.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ _OPT_LEVELS = {
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32}
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_KV_CACHE_META = "edge_tailor.kv_cache"  # "shared": past and present may be one preallocated buffer
 # (new tokens of each row so far, scores [batch, vocab]) -> scores
 LogitsProcessor = Callable[[list[list[int]], np.ndarray], np.ndarray]
 
@@ -107,6 +112,7 @@ class EdgeModel:
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab_size = logits.shape[-1]
         self.logits_dtype = _NP_TYPES[logits.type]
+        self.shared_kv = session.get_modelmeta().custom_metadata_map.get(_KV_CACHE_META) == "shared"
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, provider: str | None = None,
@@ -185,8 +191,16 @@ class EdgeModel:
             mask[b, width - len(r):] = 1
 
         binding = self.session.io_binding()
-        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        past = {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
+        if self.shared_kv:
+            past = None  # bound once: every step reads and extends the same buffers
+            shape = [batch, self.kv_heads, width + max_new_tokens, self.head_dim]
+            for name, present in zip(self.past_names, self.present_names):
+                cache = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cpu", 0)
+                binding.bind_ortvalue_input(name, cache)
+                binding.bind_ortvalue_output(present, cache)
+        else:
+            empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
+            past = {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
         prefill_logits = np.empty((batch, width, self.vocab_size), dtype=self.logits_dtype)
         step_logits = np.empty((batch, 1, self.vocab_size), dtype=self.logits_dtype)
 
@@ -226,16 +240,23 @@ class EdgeModel:
             results.append(GenerationResult(new[b], text, times[0], times[1:], reasons[b], len(r)))
         return results
 
-    def _run(self, binding: ort.IOBinding, step_ids: np.ndarray, mask: np.ndarray, past: dict,
-             logits_buf: np.ndarray) -> dict:
+    def _run(self, binding: ort.IOBinding, step_ids: np.ndarray, mask: np.ndarray, past: dict | None,
+             logits_buf: np.ndarray) -> dict | None:
         binding.bind_cpu_input("input_ids", step_ids)
         binding.bind_cpu_input("attention_mask", mask)
         if self.has_position_ids:
             # Hugging Face's rule for left padding: count real tokens; padded slots get 1 (never attended).
-            positions = np.cumsum(mask, axis=1) - 1
-            positions[mask == 0] = 1
-            positions = np.ascontiguousarray(positions[:, -step_ids.shape[1]:])
+            if step_ids.shape[1] == 1:  # a decode step: the count so far (a finished row's pad is attended)
+                positions = mask.sum(axis=1, keepdims=True) - 1
+            else:
+                positions = np.cumsum(mask, axis=1) - 1
+                positions[mask == 0] = 1
+                positions = np.ascontiguousarray(positions[:, -step_ids.shape[1]:])
             binding.bind_cpu_input("position_ids", positions)
+        if past is None:  # shared cache: only the logits buffer changes (prompt, then one token)
+            binding.bind_output("logits", "cpu", 0, logits_buf.dtype, list(logits_buf.shape), logits_buf.ctypes.data)
+            self.session.run_with_iobinding(binding)
+            return None
         for name, value in past.items():
             binding.bind_ortvalue_input(name, value)
         binding.clear_binding_outputs()

@@ -43,7 +43,7 @@ class WorldSpec:
     student: ModelShape = ModelShape(hidden=128, layers=3, heads=4, intermediate=320)
     teacher_docs: int = 24000
     student_pages: int = 12000
-    teacher_steps: int = 500
+    teacher_steps: int = 400
     student_steps: int = 400
     batch_size: int = 32
     learning_rate: float = 3e-3

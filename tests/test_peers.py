@@ -1,0 +1,166 @@
+"""The peer benchmark's pieces (no timing asserted) and the attention fusion it measures.
+
+The fusion test uses a tiny random Llama with grouped KV heads (4 query heads, 2 KV heads): the
+fused graph must give the exported graph's logits and greedy tokens through the edge runtime's
+shared-cache path, for one prompt and for a left-padded batch, and through a plain
+``past_key_values`` loop (what Optimum runs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_tailor.benchmarks import peers
+from edge_tailor.export import runtime
+from edge_tailor.export.onnx_export import copy_side_files, export_onnx
+from edge_tailor.export.quantize import KV_CACHE_META, fuse_graph, quantize_for_target
+
+PROMPTS = [[5, 9, 14, 3, 7, 22, 8], [11, 4, 6], [30, 2, 17, 9, 1]]
+
+
+def test_per_token_ms_cancels_prefill():
+    # 1 token in 0.100 s, 33 tokens in 0.260 s: 32 more steps cost 0.160 s, 5 ms each
+    assert peers.per_token_ms(0.260, 0.100, 33) == pytest.approx(5.0)
+
+
+def test_weight_bytes_count_matmul_weights_not_the_embedding(tmp_path):
+    embed = numpy_helper.from_array(np.zeros((100, 8), np.float32), "embed")
+    w = numpy_helper.from_array(np.zeros((8, 16), np.float32), "w")
+    q = numpy_helper.from_array(np.zeros((16, 4), np.int8), "q")
+    scale = numpy_helper.from_array(np.ones(4, np.float32), "scale")
+    nodes = [helper.make_node("Gather", ["embed", "ids"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["h2"]),
+             helper.make_node("DequantizeLinear", ["q", "scale"], ["qf"], axis=1),
+             helper.make_node("MatMul", ["h2", "qf"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+                              [embed, w, q, scale])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    assert peers.weight_bytes_per_token(tmp_path / "m.onnx") == 8 * 16 * 4 + 16 * 4 + 4 * 4
+
+
+def test_bandwidth_is_positive_and_reports_both_thread_counts():
+    bw = peers.measure_bandwidth(mb=16, repeats=2, threads=2)
+    assert bw["read_gb_s"] >= bw["read_gb_s_1_thread"] > 0 and "read_gb_s_2_threads" in bw
+
+
+def _report() -> dict:
+    names = {"pytorch fp32": "pytorch", "optimum int8": "optimum", "edge int8": "edge", "edge ort-fused int8": "edge",
+             "edge fused int8": "edge", "edge fused 8-bit": "edge", "edge fused 4-bit": "edge"}
+    results = {n: {"kind": k, "ms_per_token": ms, "ms_per_token_iqr": [ms, ms], "ttft_ms": 10.0, "model_mb": None,
+                   "tokens": [1, 2]} for (n, k), ms in zip(names.items(), [30, 6, 4.5, 4.2, 3.3, 3.0, 2.2])}
+    report = {"date": "2026-01-01T00:00:00", "results": results, "ratios": peers.ratios(results),
+              "floors": {"int8": {"weight_mb": 110, "ms_per_token": 2.3}},
+              "bandwidth": {"read_gb_s": 48.0},
+              "model": {"parameters": 134e6, "size": {"hidden": 768, "layers": 12, "vocab": 32000}},
+              "settings": {"threads": 2, "prompt_tokens": 64, "new_tokens": 32, "rounds": 9, "warmup": 2},
+              "machine": {"cpu": "x", "cores": 2, "loadavg_before": [0, 0, 0], "loadavg_after": [0, 0, 0], "nice": 0}}
+    return report
+
+
+def test_ratios_pick_the_fastest_int8_class_engine():
+    r = _report()["ratios"]
+    assert r["edge int8 best"] == "edge fused 8-bit"
+    assert r["edge int8 best / optimum int8"] == pytest.approx(0.5)
+    assert r["edge 4-bit / optimum int8"] == pytest.approx(2.2 / 6, abs=1e-3)
+
+
+def test_table_and_plot(tmp_path):
+    report = _report()
+    table = peers.markdown(report)
+    assert "| edge fused 4-bit | 2.20 |" in table and "| floor: int8 weights at 48 GB/s | 2.30 |" in table and "**0.50**" in table
+    peers.plot(report, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+# --- attention fusion ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edge_tailor.toyworld.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = train_tokenizer([f"part {i} of order {i * 7}" for i in range(50)], vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, initializer_range=0.2,  # wide logits: clear greedy margins
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    LlamaForCausalLM(config).eval().save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    export_onnx(root / "model", root / "fp32")
+    (root / "fused").mkdir()
+    copy_side_files(root / "fp32", root / "fused")
+    fused = fuse_graph(root / "fp32" / "model.onnx", root / "fused" / "model.onnx", attention=True)
+    assert fused["GroupQueryAttention"] == 2
+    return root
+
+
+def _logits_loop(path: Path, ids: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy decode with plain past_key_values feeding (no shared buffer), as Optimum runs a graph."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    feed = {p.name: np.zeros((1, p.shape[1], 0, p.shape[3]), np.float32) for p in pasts}
+    x = np.array([ids], np.int64)
+    tokens, logits = [], []
+    for _ in range(steps):
+        n = len(ids) + len(tokens)
+        outs = session.run(None, {"input_ids": x, "attention_mask": np.ones((1, n), np.int64),
+                                  "position_ids": np.arange(n - x.shape[1], n, dtype=np.int64)[None], **feed})
+        logits.append(outs[0][0, -1])
+        tokens.append(int(outs[0][0, -1].argmax()))
+        feed = {p.name: o for p, o in zip(pasts, outs[1:])}
+        x = np.array([[tokens[-1]]], np.int64)
+    return tokens, logits
+
+
+@pytest.mark.slow
+def test_attention_fusion_matches_the_exported_graph(tiny):
+    model = onnx.load(str(tiny / "fused" / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops and ops.count("Concat") == 1  # the bias shape
+    assert {p.key: p.value for p in model.metadata_props}[KV_CACHE_META] == "shared"
+    exported = onnx.load(str(tiny / "fp32" / "model.onnx")).graph
+    assert [i.name for i in model.graph.input] == [i.name for i in exported.input]
+    assert [o.name for o in model.graph.output] == [o.name for o in exported.output]
+
+    ref_tokens, ref_logits = _logits_loop(tiny / "fp32" / "model.onnx", PROMPTS[0], 8)
+    tokens, logits = _logits_loop(tiny / "fused" / "model.onnx", PROMPTS[0], 8)
+    assert tokens == ref_tokens
+    assert max(np.abs(a - b).max() for a, b in zip(ref_logits, logits)) < 1e-4
+
+    plain, fused = runtime.EdgeModel.load(tiny / "fp32"), runtime.EdgeModel.load(tiny / "fused")
+    assert fused.shared_kv and not plain.shared_kv
+    plain.eos_ids = fused.eos_ids = []
+    assert fused.generate(PROMPTS[0], 8).tokens == plain.generate(PROMPTS[0], 8).tokens == ref_tokens
+    # left-padded batch: the mask becomes the attention bias, position_ids feed the rotary
+    batch_plain = [r.tokens for r in plain.generate_batch(PROMPTS, 6)]
+    assert [r.tokens for r in fused.generate_batch(PROMPTS, 6)] == batch_plain
+    assert batch_plain == [plain.generate(p, 6).tokens for p in PROMPTS]
+
+
+@pytest.mark.slow
+def test_fused_graph_quantizes_and_keeps_the_shared_cache(tiny, tmp_path):
+    summary = quantize_for_target(tiny / "fused", tmp_path / "int8", "ci-x86")
+    assert summary["files"]["model.onnx"]["quantized_nodes"] == 2 * 7 + 1  # attention MatMuls are gone
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "int8" / "model.onnx")).metadata_props}
+    assert meta[KV_CACHE_META] == "shared"
+    model = runtime.EdgeModel.load(tmp_path / "int8")
+    assert model.shared_kv and len(model.generate(PROMPTS[1], 5).tokens) <= 5
+
+    ort_fused = quantize_for_target(tiny / "fp32", tmp_path / "ort", "ci-x86", fuse="ort")
+    assert ort_fused["fused"]["SkipSimplifiedLayerNormalization"] > 0 and "GroupQueryAttention" not in ort_fused["fused"]
+    assert not runtime.EdgeModel.load(tmp_path / "ort").shared_kv
+    with pytest.raises(Exception, match="unknown fusion 'everything'"):
+        quantize_for_target(tiny / "fp32", tmp_path / "bad", "ci-x86", fuse="everything")
