@@ -10,8 +10,9 @@
   ``RotaryEmbedding`` (com.microsoft ops of the CPU provider); attention stays unfused.
   ``fuse="attention"`` also replaces each layer's attention (rotary, KV concat, scores, softmax,
   mask, output reshapes) by one ``GroupQueryAttention`` whose cache the edge runtime preallocates
-  and updates in place. The graph keeps Optimum's inputs and outputs, so Optimum and any
-  ``past_key_values`` loop still run it. Measured figures: ``benchmarks/README.md``.
+  and updates in place, and packs the q/k/v and the gate/up projections into one MatMul each.
+  The graph keeps Optimum's inputs and outputs, so Optimum and any ``past_key_values`` loop still
+  run it. Measured figures: ``benchmarks/README.md``.
 
 Only MatMuls with a constant weight (the linear layers and the output head) are quantized:
 those are what QAT simulates in ``distill``. The attention-score and rotary MatMuls multiply two
@@ -143,6 +144,7 @@ def _fuse_attention(model: onnx.ModelProto, config: dict, source: Path) -> int:
     the original graph. Rotary stays a separate op fed with ``position_ids`` for the same reason.
     The file is marked ``edge_tailor.kv_cache = shared``: the operator may then read and write one
     preallocated buffer per cache tensor, which the edge runtime binds as both past and present.
+    The q/k/v and gate/up projections are packed into one MatMul each (``_pack``).
     """
     from onnx import TensorProto, helper, numpy_helper
 

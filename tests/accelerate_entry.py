@@ -1,4 +1,4 @@
-"""Entry point for `accelerate launch --num_processes 2 --cpu tests/accelerate_entry.py {dpo,sft} OUT`.
+"""Entry point for `accelerate launch --multi_gpu --num_processes 2 tests/accelerate_entry.py {dpo,sft} OUT`.
 
 Runs the toolkit's own DPO (align) and SFT (distill) code unchanged on the embedded models.
 """
@@ -39,7 +39,7 @@ else:
     result = {"steps": record["steps"]}
 from accelerate import PartialState  # noqa: E402
 
-state = PartialState()
+state = PartialState(cpu=True)  # the state the trainers (use_cpu=True) set up
 result["world_size"] = state.num_processes
 if state.is_main_process:
     (out / f"{mode}.json").write_text(json.dumps(result))
