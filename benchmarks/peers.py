@@ -7,10 +7,12 @@ On a reference Llama built here with random weights (134M parameters: hidden 768
 runs), batch 1, the target's 2 threads, a fixed 64-token prompt and 32 new tokens, one process:
 
 - PyTorch eager fp32 and Optimum ``ORTModelForCausalLM`` fp32 and INT8 (the ``ci-x86`` target's
-  dynamic per-channel INT8 file), all through Hugging Face ``generate``;
-- the edge runtime (``EdgeModel``) on fp32, the same INT8 file, and the fastest variants made
-  here: the graph fused by ONNX Runtime's transformer optimizer and then INT8, 8-bit or 4-bit
-  weight-only ``MatMulNBits`` (block 128, ``accuracy_level`` 4), each with the output head quantized;
+  dynamic per-channel INT8 file, head quantized), all through Hugging Face ``generate``;
+- the edge runtime (``EdgeModel``) on fp32 and on that same INT8 file, then on the fused variants:
+  ``fuse="ort"`` (ONNX Runtime's transformer optimizer) + INT8, and the attention-fused graph
+  (``GroupQueryAttention`` over a cache updated in place, packed projections) at fp32, INT8 and
+  weight-only ``MatMulNBits`` 8-bit and 4-bit (block 128, ``accuracy_level`` 4); Optimum also runs
+  the attention-fused INT8 file, which separates what the graph gains from what the loop gains;
 - the memory-bandwidth floor: weight bytes read per token / measured read bandwidth.
 
 Method: every engine decodes the same prompt greedily to exactly N new tokens and to 1, timed
@@ -19,8 +21,9 @@ each engine's per-step Python overhead counts. Engines run interleaved round by 
 rotates) after warm-up rounds; figures are medians over rounds, so drift on a shared box hits
 every engine alike and the ratios hold better than the absolute numbers.
 
-Built models and exports are cached under ``--out``; the results land there as ``peers.json``,
-``peers.md`` and ``peers.png``.
+Built models and exports are cached under ``--out``; the results land there as ``peers.json``
+(also kept as ``history/peers-<UTC time>.json``), ``peers.md`` and ``peers.png``. How to read them
+and the figures measured: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ QUICK = ModelSize(hidden=256, intermediate=688, layers=4, heads=4, vocab=8000)  
 EXTERNAL_MS = {"llama.cpp Q8_0": 3.6, "llama.cpp Q4_0": 2.3, "onnxruntime-genai int4": 3.4}
 PROMPT_TEXT = ("Q: Line 3 assembles 12 housings per hour and Line 7 assembles 9. How many housings do both "
                "lines assemble in a shift of 8 hours? Think step by step.\nA:")
-RECIPE = "peers-v1: fp32 export; ci-x86 int8; ort fusion; attention fusion; MatMulNBits 8/4-bit b128 acc4"
+RECIPE = "peers-v2: fp32 export; ci-x86 int8; ort fusion; attention fusion + packed projections; MatMulNBits 8/4-bit b128 acc4"
 GOALS = {"edge int8 best / optimum int8": 0.6, "edge 4-bit / optimum int8": 0.4}
 
 
@@ -180,32 +183,44 @@ def weight_bytes_per_token(onnx_path: Path) -> int:
 # --- memory bandwidth ------------------------------------------------------------------------------
 
 def measure_bandwidth(mb: int = 512, repeats: int = 7, threads: int = 2) -> dict:
-    """Read bandwidth in GB/s: summing a buffer far larger than the caches, on 1 and on ``threads`` threads.
+    """Read bandwidth in GB/s over a float32 buffer far larger than the caches; the fastest reader counts.
 
-    numpy releases the GIL in the sum, so Python threads over disjoint slices read in parallel.
-    The best of the repeats counts: it is what the memory system can deliver.
+    Readers: numpy's max (vectorised, cheap per byte; Python threads over disjoint slices read in
+    parallel since numpy drops the GIL) and torch's sum, on 1 and on ``threads`` threads. A reader
+    that computes more per byte (numpy's pairwise float64 sum: ~17 GB/s where these reach ~38)
+    would understate the bandwidth and so the floor. The best of the repeats is what the memory
+    system can deliver.
     """
-    data = np.ones(mb * 2**20 // 8, dtype=np.float64)
-    data.sum()  # fault the pages in
+    import torch
+
+    data = np.ones(mb * 2**20 // 4, dtype=np.float32)  # written, so every page is resident
+    tensor = torch.from_numpy(data)
     parts = np.array_split(data, threads)
 
-    def parallel_sum() -> None:
-        workers = [threading.Thread(target=p.sum) for p in parts]
+    def numpy_max_parallel() -> None:
+        workers = [threading.Thread(target=np.max, args=(p,)) for p in parts]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
 
+    def torch_sum(n: int) -> Callable[[], object]:
+        def run() -> object:
+            torch.set_num_threads(n)
+            return tensor.sum()
+        return run
+
+    readers = {"numpy_max_1t": data.max, "torch_sum_1t": torch_sum(1)}
+    if threads > 1:
+        readers.update({f"numpy_max_{threads}t": numpy_max_parallel, f"torch_sum_{threads}t": torch_sum(threads)})
+    previous = torch.get_num_threads()
     out = {}
-    runs = [("1_thread", data.sum)] + ([(f"{threads}_threads", parallel_sum)] if threads > 1 else [])
-    for name, fn in runs:
+    for name, fn in readers.items():
+        fn()  # warm
         best = min(_timed(fn) for _ in range(repeats))
-        out[f"read_gb_s_{name}"] = round(data.nbytes / best / 1e9, 2)
-    out["read_gb_s"] = max(v for k, v in out.items())
-    out["buffer_mb"] = mb
-    del data, parts
-    gc.collect()
-    return out
+        out[name] = round(data.nbytes / best / 1e9, 2)
+    torch.set_num_threads(previous)
+    return {"read_gb_s": max(out.values()), "by_reader": out, "buffer_mb": mb}
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -382,18 +397,36 @@ def ratios(results: dict[str, dict]) -> dict:
     }
 
 
+def previous_run(path: Path, report: dict) -> dict | None:
+    """The last run's medians from the same folder, if it measured the same model with the same settings."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+        same = old["model"]["size"] == report["model"]["size"] and all(
+            old["settings"][k] == report["settings"][k] for k in ("threads", "prompt_tokens", "new_tokens"))
+        return {"date": old["date"], "ms_per_token": {n: r["ms_per_token"] for n, r in old["results"].items()}} \
+            if same else None
+    except (KeyError, ValueError):
+        return None
+
+
 def markdown(report: dict) -> str:
-    rows = ["| engine | ms/token (median) | IQR | 1st token ms | file MB | weights read/token MB | vs Optimum INT8 |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    previous = (report.get("previous") or {}).get("ms_per_token", {})
+    extra = f" previous run ({report['previous']['date'][:16]}) |" if previous else ""
+    rows = ["| engine | ms/token (median) | IQR | 1st token ms | file MB | weights read/token MB | vs Optimum INT8 |"
+            + extra, "| --- | ---: | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if previous else "")]
     base = report["results"]["optimum int8"]["ms_per_token"]
     for name, r in report["results"].items():
         mb = f"{r['model_mb']:.0f}" if r.get("model_mb") else "-"
         wmb = f"{r['weight_mb_per_token']:.0f}" if r.get("weight_mb_per_token") else "-"
+        before = (f" {previous[name]:.2f} |" if name in previous else " - |") if previous else ""
         rows.append(f"| {name} | {r['ms_per_token']:.2f} | {r['ms_per_token_iqr'][0]:.2f}-{r['ms_per_token_iqr'][1]:.2f} "
-                    f"| {r['ttft_ms']:.0f} | {mb} | {wmb} | {r['ms_per_token'] / base:.2f} |")
+                    f"| {r['ttft_ms']:.0f} | {mb} | {wmb} | {r['ms_per_token'] / base:.2f} |" + before)
     for name, f in report["floors"].items():
         rows.append(f"| floor: {name} weights at {report['bandwidth']['read_gb_s']:.0f} GB/s "
-                    f"| {f['ms_per_token']:.2f} | | | | {f['weight_mb']:.0f} | {f['ms_per_token'] / base:.2f} |")
+                    f"| {f['ms_per_token']:.2f} | | | | {f['weight_mb']:.0f} | {f['ms_per_token'] / base:.2f} |"
+                    + (" |" if previous else ""))
     ratio = report["ratios"]
     model = report["model"]
     lines = [f"# Peer comparison ({report['date'][:10]})", "",
@@ -415,6 +448,7 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -430,13 +464,17 @@ def plot(report: dict, path: Path) -> None:
         ax.axvline(floor["ms_per_token"], color="black", linestyle=style, linewidth=1,
                    label=f"bandwidth floor {name}: {floor['ms_per_token']:.2f} ms")
     for (name, ms), color in zip(EXTERNAL_MS.items(), ("#6a9f3a", "#2e7d32", "#9c27b0")):
-        ax.axvline(ms, color=color, linewidth=0.8, alpha=0.7, label=f"{name} {ms} ms (not this run)")
+        ax.axvline(ms, color=color, linewidth=0.8, alpha=0.7, label=f"{name} {ms} ms (2 threads, not this run)")
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if min(values) / 1.5 <= t <= max(values) * 1.5]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("ms per generated token (log scale; lower is better)")
     model = report["model"]
-    ax.set_title(f"Decode latency, {model['parameters'] / 1e6:.0f}M Llama, batch 1, "
-                 f"{report['settings']['threads']} threads", fontsize=10)
+    threads = report["settings"]["threads"]
+    ax.set_title(f"Decode latency, {model['parameters'] / 1e6:.0f}M Llama, batch 1, {threads} "
+                 f"thread{'s' * (threads > 1)} ({report['date'][:10]})", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -491,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     prepared = prepare(out, size, log)
     dirs = prepared["dirs"]
+    gc.collect()  # the exporter's and quantizers' copies of the weights, before 11 engines load theirs
 
     log("[peers] measuring memory bandwidth ...")
     bandwidth = measure_bandwidth(threads=args.threads)
@@ -520,7 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         "prepare_seconds": prepared["prepare_seconds"],
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["previous"] = previous_run(out / "peers.json", report)
     (out / "peers.json").write_text(json.dumps(report, indent=1))
+    (out / "history").mkdir(exist_ok=True)  # every run stays comparable: history/peers-<UTC time>.json
+    stamp = report["date"].replace(":", "").replace("-", "")[:15]
+    (out / "history" / f"peers-{stamp}.json").write_text(json.dumps(report, indent=1))
     table = markdown(report)
     (out / "peers.md").write_text(table)
     plot(report, out / "peers.png")

@@ -126,6 +126,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train: bool = Tr
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        out.chmod(0o755)  # mkdtemp creates 0700
         return info
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
