@@ -100,17 +100,17 @@ def build_model(model_dir: Path, size: ModelSize, seed: int = 0) -> dict:
     return info
 
 
-def _weight_only_target(bits: int):
-    """ci-x86 with weight-only MatMulNBits (block 128, int8 compute) instead of dynamic INT8."""
+def _weight_only_target(bits: int, block: int = 128):
+    """ci-x86 with weight-only MatMulNBits (int8 compute, symmetric, head included) instead of dynamic INT8."""
     from edge_tailor.target import Target, load_target
 
     data = load_target("ci-x86").model_dump()
-    data["target"]["name"] = f"ci-x86-w{bits}"
+    data["target"]["name"] = f"ci-x86-w{bits}-b{block}"
     data["quant"].update(weights={"dtype": "int4" if bits == 4 else "int8", "symmetric": True,
-                                  "granularity": "per_group", "group_size": 128},
+                                  "granularity": "per_group", "group_size": block},
                          activations={"dtype": "none", "symmetric": False, "granularity": "per_token",
                                       "mode": "dynamic", "calibration_samples": None},
-                         weight_only_blocks={"enabled": True, "bits": bits, "block_size": 128, "accuracy_level": 4})
+                         weight_only_blocks={"enabled": True, "bits": bits, "block_size": block, "accuracy_level": 4})
     return Target.model_validate(data)
 
 
@@ -120,7 +120,7 @@ def prepare(out: Path, size: ModelSize, log: Callable[[str], None]) -> dict:
     from edge_tailor.export.quantize import fuse_graph, quantize_for_target
 
     dirs = {name: out / name for name in ("model", "fp32", "int8", "ort-int8", "fused-fp32", "fused-int8", "fused-q8",
-                                          "fused-q4")}
+                                          "fused-q4", "fused-q4-b256")}
     steps: dict[str, float] = {}
 
     def step(name: str, fn: Callable[[], object]) -> None:
@@ -151,6 +151,9 @@ def prepare(out: Path, size: ModelSize, log: Callable[[str], None]) -> dict:
     step("fused-int8", lambda: quantize_for_target(dirs["fused-fp32"], dirs["fused-int8"], "ci-x86"))
     step("fused-q8", lambda: quantize_for_target(dirs["fused-fp32"], dirs["fused-q8"], _weight_only_target(8)))
     step("fused-q4", lambda: quantize_for_target(dirs["fused-fp32"], dirs["fused-q4"], _weight_only_target(4)))
+    # coarser blocks: fewer scales per weight, faster here, more quantization error (llama.cpp Q4_0 uses 32)
+    step("fused-q4-b256", lambda: quantize_for_target(dirs["fused-fp32"], dirs["fused-q4-b256"],
+                                                      _weight_only_target(4, block=256)))
     return {"dirs": dirs, "model": info, "prepare_seconds": steps}
 
 
@@ -298,24 +301,27 @@ class EdgeEngine(Engine):
         return result.tokens
 
 
-def make_engines(dirs: dict[str, Path], prompt: list[int], threads: int, log: Callable[[str], None]) -> list[Engine]:
-    makers = [
-        lambda: TorchEngine(dirs["model"], prompt, threads),
-        lambda: OptimumEngine("optimum fp32", dirs["fp32"], prompt, threads),
-        lambda: OptimumEngine("optimum int8", dirs["int8"], prompt, threads),
-        lambda: OptimumEngine("optimum fused int8", dirs["fused-int8"], prompt, threads),
-        lambda: EdgeEngine("edge fp32", dirs["fp32"], prompt, threads),
-        lambda: EdgeEngine("edge fused fp32", dirs["fused-fp32"], prompt, threads),
-        lambda: EdgeEngine("edge int8", dirs["int8"], prompt, threads),
-        lambda: EdgeEngine("edge ort-fused int8", dirs["ort-int8"], prompt, threads),
-        lambda: EdgeEngine("edge fused int8", dirs["fused-int8"], prompt, threads),
-        lambda: EdgeEngine("edge fused 8-bit", dirs["fused-q8"], prompt, threads),
-        lambda: EdgeEngine("edge fused 4-bit", dirs["fused-q4"], prompt, threads),
-    ]
-    engines = []
-    for make in makers:
-        engines.append(make())
-        log(f"[peers] loaded {engines[-1].name}")
+ENGINES = {  # name: (kind, folder)
+    "pytorch fp32": ("pytorch", "model"), "optimum fp32": ("optimum", "fp32"), "optimum int8": ("optimum", "int8"),
+    "optimum fused int8": ("optimum", "fused-int8"), "edge fp32": ("edge", "fp32"),
+    "edge fused fp32": ("edge", "fused-fp32"), "edge int8": ("edge", "int8"), "edge ort-fused int8": ("edge", "ort-int8"),
+    "edge fused int8": ("edge", "fused-int8"), "edge fused 8-bit": ("edge", "fused-q8"),
+    "edge fused 4-bit": ("edge", "fused-q4"), "edge fused 4-bit b256": ("edge", "fused-q4-b256"),
+}
+
+
+def make_engines(dirs: dict[str, Path], prompt: list[int], threads: int, log: Callable[[str], None],
+                 names: list[str] | None = None) -> list[Engine]:
+    engines: list[Engine] = []
+    for name in names or list(ENGINES):
+        kind, folder = ENGINES[name]
+        if kind == "pytorch":
+            engines.append(TorchEngine(dirs[folder], prompt, threads))
+        elif kind == "optimum":
+            engines.append(OptimumEngine(name, dirs[folder], prompt, threads))
+        else:
+            engines.append(EdgeEngine(name, dirs[folder], prompt, threads))
+        log(f"[peers] loaded {name}")
     return engines
 
 
@@ -384,17 +390,25 @@ def parity(results: dict[str, dict]) -> dict:
 # --- reporting -------------------------------------------------------------------------------------
 
 def ratios(results: dict[str, dict]) -> dict:
-    base = results["optimum int8"]["ms_per_token"]
-    int8_names = ["edge int8", "edge ort-fused int8", "edge fused int8", "edge fused 8-bit"]
-    best = min(int8_names, key=lambda n: results[n]["ms_per_token"])
-    return {
-        "edge int8 / optimum int8": round(results["edge int8"]["ms_per_token"] / base, 3),
-        "edge int8 best / optimum int8": round(results[best]["ms_per_token"] / base, 3),
-        "edge int8 best": best,
-        "edge 4-bit / optimum int8": round(results["edge fused 4-bit"]["ms_per_token"] / base, 3),
-        "edge int8 / pytorch fp32": round(results["edge int8"]["ms_per_token"] / results["pytorch fp32"]["ms_per_token"], 3),
-        "goals": GOALS,
-    }
+    """The goals' ratios, for the engines this run measured (``--engines`` may leave some out)."""
+    ms = {n: r["ms_per_token"] for n, r in results.items()}
+    out: dict = {"goals": GOALS}
+    if "optimum int8" not in ms:
+        return out
+    base = ms["optimum int8"]
+    int8_class = [n for n in ("edge int8", "edge ort-fused int8", "edge fused int8", "edge fused 8-bit") if n in ms]
+    if "edge int8" in ms:
+        out["edge int8 / optimum int8"] = round(ms["edge int8"] / base, 3)
+    if int8_class:
+        best = min(int8_class, key=ms.get)
+        out.update({"edge int8 best / optimum int8": round(ms[best] / base, 3), "edge int8 best": best})
+    if "edge fused 4-bit" in ms:  # block 128: the shipped targets' 4-bit scheme
+        out["edge 4-bit / optimum int8"] = round(ms["edge fused 4-bit"] / base, 3)
+    if "edge fused 4-bit b256" in ms:
+        out["edge 4-bit b256 / optimum int8"] = round(ms["edge fused 4-bit b256"] / base, 3)
+    if "edge int8" in ms and "pytorch fp32" in ms:
+        out["edge int8 / pytorch fp32"] = round(ms["edge int8"] / ms["pytorch fp32"], 3)
+    return out
 
 
 def previous_run(path: Path, report: dict) -> dict | None:
@@ -416,7 +430,7 @@ def markdown(report: dict) -> str:
     extra = f" previous run ({report['previous']['date'][:16]}) |" if previous else ""
     rows = ["| engine | ms/token (median) | IQR | 1st token ms | file MB | weights read/token MB | vs Optimum INT8 |"
             + extra, "| --- | ---: | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if previous else "")]
-    base = report["results"]["optimum int8"]["ms_per_token"]
+    base = report["results"].get("optimum int8", {}).get("ms_per_token", float("nan"))
     for name, r in report["results"].items():
         mb = f"{r['model_mb']:.0f}" if r.get("model_mb") else "-"
         wmb = f"{r['weight_mb_per_token']:.0f}" if r.get("weight_mb_per_token") else "-"
@@ -438,9 +452,13 @@ def markdown(report: dict) -> str:
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, load average "
              f"{report['machine']['loadavg_before']} before / {report['machine']['loadavg_after']} after, "
              f"nice {report['machine']['nice']}.", "", *rows, "",
-             f"Edge best INT8-class ({ratio['edge int8 best']}) / Optimum INT8: **{ratio['edge int8 best / optimum int8']:.2f}** "
-             f"(goal <= {GOALS['edge int8 best / optimum int8']}); edge 4-bit / Optimum INT8: "
-             f"**{ratio['edge 4-bit / optimum int8']:.2f}** (goal <= {GOALS['edge 4-bit / optimum int8']}).", "",
+             *([f"Edge best INT8-class ({ratio['edge int8 best']}) / Optimum INT8: "
+                f"**{ratio['edge int8 best / optimum int8']:.2f}** (goal <= {GOALS['edge int8 best / optimum int8']})"
+                + (f"; edge 4-bit / Optimum INT8: **{ratio['edge 4-bit / optimum int8']:.2f}** "
+                   f"(goal <= {GOALS['edge 4-bit / optimum int8']})" if "edge 4-bit / optimum int8" in ratio else "")
+                + (f"; with 256-wide blocks: **{ratio['edge 4-bit b256 / optimum int8']:.2f}**"
+                   if "edge 4-bit b256 / optimum int8" in ratio else "") + ".",
+                ""] if "edge int8 best" in ratio else []),
              "Measured elsewhere on this machine class, same weights (not this run): " +
              ", ".join(f"{k} {v} ms" for k, v in EXTERNAL_MS.items()) + "."]
     return "\n".join(lines) + "\n"
@@ -515,7 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--engines", type=lambda v: [n.strip() for n in v.split(",")], default=None,
+                        help=f"comma-separated subset to time (default all): {', '.join(ENGINES)}")
     args = parser.parse_args(argv)
+    unknown = [n for n in args.engines or [] if n not in ENGINES]
+    if unknown:
+        parser.error(f"unknown engine(s) {unknown}; choose from: {', '.join(ENGINES)}")
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (per token = (t(N) - t(1)) / (N - 1))")
 
@@ -543,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ids = Tokenizer.from_file(str(dirs["model"] / "tokenizer.json")).encode(PROMPT_TEXT).ids
     prompt = (ids * (args.prompt_tokens // len(ids) + 1))[:args.prompt_tokens]
-    engines = make_engines(dirs, prompt, args.threads, log)
+    engines = make_engines(dirs, prompt, args.threads, log, args.engines)
     results = run_rounds(engines, args.new_tokens, args.rounds, args.warmup, log)
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
@@ -553,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine, "versions": versions(), "model": prepared["model"],
         "settings": {"threads": args.threads, "batch": 1, "prompt_tokens": args.prompt_tokens,
                      "new_tokens": args.new_tokens, "rounds": args.rounds, "warmup": args.warmup,
+                     "engines": [e.name for e in engines],
                      "method": "(t(N) - t(1)) / (N - 1), end-to-end greedy decode, median over interleaved rounds"},
         "bandwidth": bandwidth, "floors": floors, "results": results, "ratios": ratios(results),
         "parity": parity(results), "external_ms_not_this_run": EXTERNAL_MS,

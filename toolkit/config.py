@@ -43,12 +43,12 @@ class TaskSpec(Section):
 
 class ElicitConfig(Section):
     seeds_per_prompt: int = Field(3, ge=1, description="k seed questions shown per drafting prompt (paper: 3)")
-    drafts: int = Field(96, ge=1, description="draft questions to make (paper: 250 per task)")
+    drafts: int = Field(48, ge=1, description="draft questions to make (paper: 250 per task)")
     techniques: list[str] | None = Field(None, description="reasoning techniques; None = the task's defaults")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for drafting (paper: 1.0)")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=8)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(128, ge=1, description="generation batch; tiny CPU models are fastest at 128+")
     calculator: bool = Field(True, description="fill results of `a op b=` and `#### n` with a calculator")
     grounding: bool = Field(True, description="write the next solution equation when the teacher starts a number "
                             "(only for tasks that can solve questions step by step, e.g. the embedded world)")
@@ -60,10 +60,10 @@ class ElicitConfig(Section):
 
 
 class PreferConfig(Section):
-    preference_questions: int = Field(128, ge=4, description="size of the preference set (paper: 40 of 100)")
+    preference_questions: int = Field(64, ge=4, description="size of the preference set (paper: 40 of 100)")
     scorer: Literal["in_context", "influence"] = Field(
         "in_context", description="in_context: one-shot accuracy (ARTE); influence: validation-loss drop (Montessori)")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, ge=4)
     probe_demos: int = Field(6, ge=2, description="one-shot conditions used to find discriminative questions")
     model_results: str | None = Field(None, description="JSON {model: [0/1 per validation question]} of several "
@@ -89,11 +89,11 @@ class AlignConfig(Section):
 
 
 class GenerateConfig(Section):
-    examples: int = Field(1200, ge=1, description="tailored training examples per teacher (same budget for both)")
+    examples: int = Field(800, ge=1, description="tailored training examples per teacher (same budget for both)")
     rationale_temperature: float = Field(0.0, ge=0, description="0 = greedy rationales (paper)")
     question_temperature: float = Field(1.0, gt=0)
-    batch_size: int = Field(64, ge=1)
-    compare_questions: int = Field(48, ge=4, description="held-out drafts per teacher to measure what alignment changed")
+    batch_size: int = Field(128, ge=1)
+    compare_questions: int = Field(32, ge=4, description="held-out drafts per teacher to measure what alignment changed")
     compare_preference: int = Field(64, ge=4, description="preference questions each of those drafts is scored on")
 
 
@@ -116,7 +116,7 @@ class DistillConfig(Section):
 
 class EvalConfig(Section):
     test_questions: int = Field(300, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, ge=4)
 
 

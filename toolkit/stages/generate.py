@@ -35,7 +35,7 @@ def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> t
     gc = cfg.generate
     sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature, "batch_size": gc.batch_size})
     questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, int(gc.examples * 1.25),
-                                           sampling, seed, exclude=exclude)
+                                           sampling, seed, exclude=exclude, max_rounds=8)
     drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
                               temperature=gc.rationale_temperature, seed=seed, description="writing training data")
     kept = [d for d in drafts if d["correct"]][: gc.examples]
@@ -78,10 +78,14 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     preference = [Example(r["question"], r["answer"]) for r in
                   read_jsonl(run_dir.stage_dir("prefer") / "preference_set.jsonl")][: cfg.generate.compare_preference]
     metrics = {"data": {}, "held_out": {}}
+    data = {}
     for which in TEACHERS:
         teacher = load_teacher(cfg, run_dir, which)
-        rows, info = tailored_data(cfg, task, teacher, task.seed, exclude, cfg.seed)
-        write_jsonl(folder / f"{which}.jsonl", rows)
-        metrics["data"][which] = info
+        data[which], metrics["data"][which] = tailored_data(cfg, task, teacher, task.seed, exclude, cfg.seed)
         metrics["held_out"][which] = compare_on_held_out(cfg, task, teacher, student, held_out, preference, cfg.seed)
+    # The comparison is only fair at the same data budget: both sets are cut to the smaller one.
+    budget = min(len(rows) for rows in data.values())
+    for which, rows in data.items():
+        write_jsonl(folder / f"{which}.jsonl", rows[:budget])
+    metrics["budget"] = budget
     return {"metrics": metrics}
