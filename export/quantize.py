@@ -122,6 +122,8 @@ def _trim_rotary_caches(model: onnx.ModelProto, max_positions: int | None) -> No
 
     RotaryEmbedding gathers one row per position, so rows past ``max_position_embeddings`` are never
     read; left in, they add 2 x 131072 x head_dim/2 floats (33 MB at head_dim 64) to every file.
+    A sequence longer than the model's context then fails in RotaryEmbedding instead of running on
+    positions the model never saw.
     """
     from onnx import numpy_helper
 

@@ -73,10 +73,11 @@ def test_fake_quantization_matches_onnx_runtime_int8(tmp_path):
     """QAT's simulation and the exported INT8 model agree on the same weights and input.
 
     Decode step (one token, batch 1): ORT's per-tensor dynamic activation scale is then torchao's
-    per-token one. Both use uint8-equivalent asymmetric activations including zero, and per-channel
-    symmetric int8 weights; what remains is float summation order and torchao's symmetric scale
-    (max|w| / 127.5) against ORT's (max|w| / 127), about a 0.4% grid difference. The tolerance is
-    therefore relative: the QAT model must be several times closer to ORT INT8 than fp32 is.
+    per-token one; both use asymmetric 256-level activations whose range includes zero, and the
+    weights use ORT's narrow symmetric grid (qat.NarrowRangeWeightFakeQuantizer). The integer
+    products are then identical and only float rounding in scales, summation order and the
+    fp32 parts (norms, softmax) remains: 1e-3 on logits of order 10, and at least 50x closer than
+    the fp32 model, whose gap is the quantization noise itself.
     """
     import numpy as np
     import onnxruntime as ort
@@ -108,4 +109,5 @@ def test_fake_quantization_matches_onnx_runtime_int8(tmp_path):
             x = torch.tensor([[token]])
             worst_qat = max(worst_qat, (qat(x).logits - onnx_logits).abs().max().item())
             worst_fp32 = max(worst_fp32, (fp32(x).logits - onnx_logits).abs().max().item())
-    assert worst_qat < worst_fp32 / 3, (worst_qat, worst_fp32)
+    print(f"max |logit diff| vs ORT INT8: QAT {worst_qat:.2e}, fp32 {worst_fp32:.2e}")
+    assert worst_qat < 1e-3 and worst_qat < worst_fp32 / 50, (worst_qat, worst_fp32)
