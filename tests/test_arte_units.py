@@ -15,7 +15,7 @@ from edge_tailor.tasks.base import Example, Task
 from edge_tailor.toyworld.task import toy_task
 
 TOY = toy_task()
-GOOD = "A bin holds 40 bolts. 5 bolts are defective and removed. How many bolts are there now?"
+GOOD = "A bin holds 40 parts. 5 parts are defective and removed. How many parts are there now?"
 
 
 def _generic_task():
@@ -24,7 +24,7 @@ def _generic_task():
 
 
 def test_lines_parser_on_malformed_teacher_output():
-    out = f" {GOOD}\nQ: A bin holds 7 gears. 9 gears are defective and removed. How many gears are there now?\n" \
+    out = f" {GOOD}\nQ: A bin holds 7 parts. 9 parts are defective and removed. How many parts are there now?\n" \
           "Q: garbled words here\nQ:\nQ: " + GOOD + "\nnot a question line"
     drafts = parse_drafts(TOY, out)
     filt = DraftFilter(TOY, seen={TOY.seed[0].question})

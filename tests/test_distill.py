@@ -93,7 +93,7 @@ def test_fake_quantization_matches_onnx_runtime_int8(tmp_path):
     fp32 = student.model
     qat = load_model(ModelSpec(path="embedded:student"), "cpu").model
     prepare_qat(qat, load_target("ci-x86").quant)
-    ids = student.tokenizer("Q: A bin holds 40 bolts.", add_special_tokens=False)["input_ids"]
+    ids = student.tokenizer("Q: A bin holds 40 parts.", add_special_tokens=False)["input_ids"]
     config = fp32.config
     heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
     worst_qat, worst_fp32 = 0.0, 0.0

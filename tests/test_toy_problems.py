@@ -43,17 +43,17 @@ def _one_of_each():
     [
         "",
         "   ",
-        "A bin holds 40 bolts. The bolts are painted 3 times. How many bolts are there now?",  # unknown template
-        "A bin holds 40 bolts. 25 more bolts are poured in. How many bolts are there now?",  # changed word
-        "A bin holds 40 bolts. 45 bolts are defective and removed. How many bolts are there now?",  # negative
-        "A bin holds 40 bolts. Only one in every 7 passes the check. How many bolts are there now?",  # inexact
-        "A bin holds 40 bolts. Only one in every 0 passes the check. How many bolts are there now?",  # by zero
-        "A bin holds 40 bolts. 25 more gears are added. How many bolts are there now?",  # nouns disagree
-        "A bin holds 40 bolts. How many bolts are there now?",  # no operation
-        "A bin holds 40.5 bolts. 25 more bolts are added. How many bolts are there now?",  # not an integer
-        "A bin holds 40 bolts. 2 more bolts are added. 2 more bolts are added. 2 more bolts are added. "
-        "2 more bolts are added. How many bolts are there now?",  # four operations
-        "A bin holds 40 bolts. 25 more bolts are added.",  # no question
+        "A bin holds 40 parts. The parts are painted 3 times. How many parts are there now?",  # unknown template
+        "A bin holds 40 parts. 25 more parts are poured in. How many parts are there now?",  # changed word
+        "A bin holds 40 parts. 45 parts are defective and removed. How many parts are there now?",  # negative
+        "A bin holds 40 parts. Only one in every 7 passes the check. How many parts are there now?",  # inexact
+        "A bin holds 40 parts. Only one in every 0 passes the check. How many parts are there now?",  # by zero
+        "A bin holds 40 parts. 25 more gears are added. How many parts are there now?",  # a noun outside the family
+        "A bin holds 40 parts. How many parts are there now?",  # no operation
+        "A bin holds 40.5 parts. 25 more parts are added. How many parts are there now?",  # not an integer
+        "A bin holds 40 parts. 2 more parts are added. 2 more parts are added. 2 more parts are added. "
+        "2 more parts are added. How many parts are there now?",  # four operations
+        "A bin holds 40 parts. 25 more parts are added.",  # no question
     ],
 )
 def test_parse_rejects_malformed(text):
