@@ -20,6 +20,18 @@ import numpy as np
 from edge_tailor.export.runtime import EdgeModel
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux keeps ru_maxrss across fork and exec, so a child
+    would report its parent's peak; VmHWM belongs to the process's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -58,8 +70,7 @@ def measure(bundle: Path, model_file: str = "model.onnx", prompt_text: str = "",
         "ms_per_token_p50": round(p50, 4), "ms_per_token_p95": round(percentile(per_token, 95), 4),
         "ttft_ms": round(ttft_ms, 4), "tokens_per_s": round(1000 / p50, 2),
         "prompt_tokens_per_s": round(prompt_tokens / (ttft_ms / 1000), 1),
-        # ru_maxrss is in KiB on Linux
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "model_mb": round((bundle / model_file).stat().st_size / 2**20, 3),
     }
 
