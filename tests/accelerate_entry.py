@@ -43,3 +43,7 @@ state = PartialState(cpu=True)  # the state the trainers (use_cpu=True) set up
 result["world_size"] = state.num_processes
 if state.is_main_process:
     (out / f"{mode}.json").write_text(json.dumps(result))
+state.wait_for_everyone()
+if torch.distributed.is_initialized():
+    # gloo's threads must be joined before exit, or a rank can abort ("terminate called") at teardown
+    torch.distributed.destroy_process_group()
