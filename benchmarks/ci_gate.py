@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="ci-x86")
     parser.add_argument("--model", default="embedded:student")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for both sides (1: a busy neighbour on a shared runner slowed torch's "
+                             "2-thread pool 17x but ORT's 8x, which would hide a regression)")
     args = parser.parse_args(argv)
 
     from edge_tailor.export.onnx_export import export_onnx
@@ -43,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     task = toy_task()
     ids = bench_prompt(EdgeModel.load(args.out / "int8"), target.bench.prompt_tokens,
                        "".join(task.prompt(ex.question) for ex in task.test[:8]))
-    reference = interleaved(model_dir, args.out / "int8", ids, target.bench.new_tokens,
-                            target.runtime.intra_op_threads, rounds=args.rounds)
+    reference = interleaved(model_dir, args.out / "int8", ids, target.bench.new_tokens, args.threads,
+                            rounds=args.rounds)
     report = {"target": target.name, "accuracy": {}, "latency": {"reference": reference}}
     results = check_budgets(report, target, kinds=("relative",))
     if not results:
