@@ -245,7 +245,17 @@ class Engine:
         raise NotImplementedError
 
 
-class TorchEngine(Engine):
+class GenerateEngine(Engine):
+    """Engines timed through Hugging Face's `generate` (PyTorch and Optimum)."""
+
+    def decode(self, n: int) -> list[int]:
+        with self.torch.inference_mode():
+            out = self.model.generate(self.ids, attention_mask=self.torch.ones_like(self.ids), max_new_tokens=n,
+                                      min_new_tokens=n, do_sample=False, pad_token_id=self.model.config.pad_token_id)
+        return out[0, self.ids.shape[1]:].tolist()
+
+
+class TorchEngine(GenerateEngine):
     def __init__(self, model_dir: Path, prompt: list[int], threads: int):
         import torch
         from transformers import AutoModelForCausalLM
@@ -255,14 +265,9 @@ class TorchEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.ids = torch.tensor([prompt])
 
-    def decode(self, n: int) -> list[int]:
-        with self.torch.inference_mode():
-            out = self.model.generate(self.ids, attention_mask=self.torch.ones_like(self.ids), max_new_tokens=n,
-                                      min_new_tokens=n, do_sample=False, pad_token_id=self.model.config.pad_token_id)
-        return out[0, self.ids.shape[1]:].tolist()
 
 
-class OptimumEngine(Engine):
+class OptimumEngine(GenerateEngine):
     def __init__(self, name: str, onnx_dir: Path, prompt: list[int], threads: int):
         import onnxruntime as ort
         import torch
@@ -277,11 +282,6 @@ class OptimumEngine(Engine):
                                                          provider="CPUExecutionProvider", session_options=options)
         self.ids = torch.tensor([prompt])
 
-    def decode(self, n: int) -> list[int]:
-        with self.torch.inference_mode():
-            out = self.model.generate(self.ids, attention_mask=self.torch.ones_like(self.ids), max_new_tokens=n,
-                                      min_new_tokens=n, do_sample=False, pad_token_id=self.model.config.pad_token_id)
-        return out[0, self.ids.shape[1]:].tolist()
 
 
 class EdgeEngine(Engine):
