@@ -266,7 +266,6 @@ class TorchEngine(GenerateEngine):
         self.ids = torch.tensor([prompt])
 
 
-
 class OptimumEngine(GenerateEngine):
     def __init__(self, name: str, onnx_dir: Path, prompt: list[int], threads: int):
         import onnxruntime as ort
