@@ -41,6 +41,7 @@ def assemble(run: RunDir, target_name: str) -> dict:
                                          "new_tokens", "repeats")}
     latency["reference"] = bench.get("reference")
     latency["variants"] = bench.get("variants")
+    latency["peers"] = bench.get("peers")
     report = {
         "target": target_name,
         "accuracy": accuracy,
@@ -147,6 +148,15 @@ def markdown(report: dict, plot_folder: str) -> str:
     if ref:
         lines.append(f"| PyTorch fp32 eager ms/token (interleaved) | {_fmt(ref['torch_fp32_ms_per_token_p50'], False)} |")
         lines.append(f"| edge ms/token (interleaved) / PyTorch fp32 | {_fmt(ref['ratio'], False)} |")
+    peers = lat.get("peers") or {}
+    if peers:
+        base = (peers.get("optimum int8") or {}).get("ms_per_token")
+        lines += ["", "Peer comparison on this run's student (interleaved rounds, batch 1, target threads; "
+                  "`benchmarks/peers.py` does the same on a 134M reference model):", "",
+                  "| engine | ms/token | x Optimum INT8 | first token ms |", "| --- | --- | --- | --- |"]
+        for name, p in peers.items():
+            ratio = f"{p['ms_per_token'] / base:.2f}" if base else "-"
+            lines.append(f"| {name} | {p['ms_per_token']:.3f} | {ratio} | {p['ttft_ms']:.2f} |")
     lines += ["", f"![accuracy against latency]({plot_folder}/accuracy_latency.png)", "",
               "## Budgets", "", "| budget | kind | limit | measured | passed |", "| --- | --- | --- | --- | --- |"]
     for name, b in report["budgets"].items():

@@ -24,6 +24,18 @@ def latency_subprocess(model_dir, model_file: str, prompt_text: str) -> dict:
     return json.loads(done.stdout)
 
 
+def peer_comparison(student_dir, model_dir, models, ids, new_tokens: int, threads: int, rounds: int = 3) -> dict:
+    """This run's student on PyTorch eager, Optimum's ORTModelForCausalLM and the edge runtime,
+    interleaved in one process (the same engines and method as benchmarks/peers.py)."""
+    from ..benchmarks.peers import EdgeEngine, OptimumEngine, TorchEngine, run_rounds
+
+    engines = [TorchEngine(student_dir, ids, threads), OptimumEngine("optimum int8", model_dir, ids, threads)]
+    engines += [EdgeEngine(f"edge {m}", model_dir, ids, threads, model_file=m) for m in models]
+    results = run_rounds(engines, new_tokens, rounds=rounds, warmup=1, log=lambda line: None)
+    return {name: {k: r[k] for k in ("kind", "ms_per_token", "ms_per_token_iqr", "ttft_ms", "model_mb")}
+            for name, r in results.items()}
+
+
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     from ..benchmarks.latency import bench_prompt
     from ..benchmarks.reference import interleaved
@@ -40,5 +52,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     main["reference"] = interleaved(run_dir.stage_dir("distill") / "student", model_dir, ids, target.bench.new_tokens,
                                     target.runtime.intra_op_threads, rounds=cfg.bench.reference_rounds)
     main["variants"] = latency
+    main["peers"] = peer_comparison(run_dir.stage_dir("distill") / "student", model_dir, models, ids,
+                                    target.bench.new_tokens, target.runtime.intra_op_threads)
     (run_dir.stage_dir("bench") / "latency.json").write_text(json.dumps(main, indent=2))
     return {"metrics": main}
