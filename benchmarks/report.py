@@ -20,6 +20,34 @@ def _acc(record: dict | None, *path) -> float | None:
     return node
 
 
+def stage_summaries(rec: dict[str, dict]) -> dict[str, str]:
+    """One line per stage with the counts a reader checks first."""
+    e, p, a, g, d, x = (rec.get(k, {}) for k in ("elicit", "prefer", "align", "generate", "distill", "export"))
+    out = {}
+    if e:
+        out["elicit"] = (f"{e['questions_kept']} of {e['raw_questions']} drafted questions kept "
+                         f"(dropped {e['questions_dropped']}); {e['rationales']} rationales, "
+                         f"{e['rationales_correct']} with the right answer")
+    if p:
+        out["prefer"] = (f"{p['drafts_scored']} drafts scored ({p['scorer']}) on {p['preference_set']['kept']} of "
+                         f"{p['preference_set']['of']} questions ({p['preference_set']['method']}); "
+                         f"mean score by technique {p['score_by_technique']}")
+    if a:
+        margins = a.get("reward_margin") or [None]
+        out["align"] = a.get("skipped") or (f"{a['pairs']} pairs, {a.get('steps')} DPO steps, reward margin "
+                                             f"{margins[0]} -> {margins[-1]}")
+    if g:
+        out["generate"] = f"{g.get('budget')} training examples per teacher (equal budgets)"
+    if d:
+        out["distill"] = (f"{d['training']['steps']} LoRA steps on {d['training']['examples']} examples, "
+                          f"QAT {'on' if d.get('qat') else 'off'} ({d['training']['fake_quantized_linears']} "
+                          "fake-quantized linears)")
+    if x:
+        out["export"] = (f"parity max logit diff {x['parity']['max_abs_logit_diff']:.1e}, greedy "
+                         f"{x['parity']['greedy_match']}/{x['parity']['prompts']}; quantization '{x['chosen']}'")
+    return out
+
+
 def assemble(run: RunDir, target_name: str) -> dict:
     rec = {s: (run.record(s) or {}).get("metrics", {}) for s in
            ("baseline", "generate", "distill", "ablation", "export", "bench", "align", "elicit", "prefer")}
@@ -54,6 +82,7 @@ def assemble(run: RunDir, target_name: str) -> dict:
         "export": {"parity": export.get("parity"), "fallback": export.get("chosen"),
                    "weight_only": export.get("weight_only")},
         "stages": {s: info.get("seconds") for s, info in run.manifest().get("stages", {}).items()},
+        "stage_summary": stage_summaries(rec),
     }
     report["budgets"] = check_budgets(report, load_target(target_name))
     report["passed"] = all(b["passed"] for b in report["budgets"].values())
@@ -164,6 +193,7 @@ def markdown(report: dict, plot_folder: str) -> str:
                      f"{'yes' if b['passed'] else '**NO**'} |")
     lines += ["", "Relative budgets compare figures measured interleaved in this run (robust on shared machines);",
               "absolute budgets are meant for runs on the real device.", "", "## Stages", "",
-              "| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {s} | {sec} |" for s, sec in report["stages"].items()]
+              "| stage | seconds | summary |", "| --- | --- | --- |"]
+    summary = report.get("stage_summary", {})
+    lines += [f"| {s} | {sec} | {summary.get(s, '')} |" for s, sec in report["stages"].items()]
     return "\n".join(lines) + "\n"
