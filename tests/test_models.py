@@ -1,6 +1,5 @@
 """Model loading: safe by default, clear errors for a missing or broken model folder."""
 
-import json
 import shutil
 
 import pytest

@@ -59,3 +59,12 @@ def test_bundle_verifies_and_rerun_skips_everything(run_dir, capsys):
     code = main(["run", "--out", str(run_dir.parent), *SMALL])
     assert code in (0, 1)
     assert capsys.readouterr().err.count("up to date, skipped") == len(STAGE_NAMES)
+
+
+def test_bench_measures_a_bundle(run_dir, capsys):
+    assert main(["bench", str(run_dir / "bundle")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "prompt_tokens_per_s", "peak_rss_mb",
+            "model_mb"} <= result.keys()
+    acc = result["accuracy"]
+    assert acc["n"] == 300 and acc["stderr"] == pytest.approx((acc["accuracy"] * (1 - acc["accuracy"]) / 300) ** 0.5, abs=1e-3)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--force", action="store_true", help="with --run: redo it even if up to date")
     bench.add_argument("--target", help="run with this target's threads and shapes instead of the bundle's")
     bench.add_argument("--model-file", default="model.onnx")
+    bench.add_argument("--config", help="run config whose task's test split scores the bundle (default: the "
+                                        "embedded world's); --no-accuracy skips it")
+    bench.add_argument("--no-accuracy", action="store_true", help="latency only")
 
     report = sub.add_parser("report", help="rebuild report.json and report.md from a run's records")
     report.add_argument("run_dir")
@@ -175,7 +178,16 @@ def cmd_bench(args) -> int:
         (tmp / "target.toml").unlink()
         shutil.copy2(target_path(args.target), tmp / "target.toml")
         bundle = tmp
-    print(json.dumps(measure(bundle, args.model_file), indent=2))
+    result = measure(bundle, args.model_file)
+    if not args.no_accuracy:
+        from .config import load_config
+        from .stages.export import edge_accuracy
+        from .tasks import load_task
+
+        cfg = load_config(args.config)
+        task = load_task(cfg.task)
+        result["accuracy"] = edge_accuracy(bundle, task, task.test[: cfg.evaluate.test_questions], cfg, args.model_file)
+    print(json.dumps(result, indent=2))
     return 0
 
 
