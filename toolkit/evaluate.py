@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Sequence
 
 from .generation import ToolSettings, generate
@@ -40,6 +39,3 @@ def summary(result: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
             if k not in ("correct", "completions")}
 
-
-def style_counts(texts: Sequence[str], classify) -> dict[str, int]:
-    return dict(Counter(classify(t) for t in texts))

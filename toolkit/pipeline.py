@@ -59,13 +59,6 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
-def stage(name: str) -> Stage:
-    for s in STAGES:
-        if s.name == name:
-            return s
-    raise KeyError(name)
-
-
 def fingerprint(cfg: RunConfig, st: Stage, upstream: dict[str, str], target_digest: str) -> str:
     parts = {key: getattr(cfg, key) for key in COMMON_SECTIONS + st.sections}
     data = {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in parts.items()}

@@ -47,6 +47,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def write_jsonl(path: Path, rows) -> None:
+    """A stage's row file (drafts, scores, pairs, training data): one JSON object per line."""
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import torch
 from datasets import Dataset
@@ -12,10 +13,9 @@ from trl import DPOConfig, DPOTrainer
 from ..config import RunConfig
 from ..models import load_model
 from ..pairs import question_pairs, rationale_pairs
-from ..rundir import RunDir
+from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..tasks import load_task
-from .elicit import elicit_seeds, write_jsonl
-from .prefer import read_jsonl
+from .elicit import elicit_seeds
 
 
 def dpo_config(cfg: RunConfig, output_dir: str) -> DPOConfig:
@@ -73,8 +73,6 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     rng.shuffle(pairs)
     write_jsonl(folder / "pairs.jsonl", pairs)
     trainer, history = train_dpo(cfg, pairs, folder)
-    import shutil
-
     shutil.rmtree(folder / "trainer", ignore_errors=True)
     margins = [h.get("rewards/margins") for h in history]
     return {"metrics": {

@@ -6,11 +6,10 @@ from __future__ import annotations
 from ..config import RunConfig
 from ..evaluate import evaluate_model, summary
 from ..models import load_model
-from ..rundir import RunDir
+from ..rundir import RunDir, read_jsonl
 from ..sft import train_student
 from ..target import load_target
 from ..tasks import load_task
-from .prefer import read_jsonl
 
 
 def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:

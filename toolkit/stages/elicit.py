@@ -3,13 +3,12 @@ rationale per reasoning technique for each; optionally annotates a dataset the T
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from ..annotate import annotate
 from ..config import RunConfig
 from ..models import load_model
-from ..rundir import RunDir
+from ..rundir import RunDir, write_jsonl
 from ..tasks import load_task
 from ..teaching import draft_questions, write_rationales
 
@@ -22,12 +21,6 @@ def elicit_seeds(task):
 
 def held_out_questions(task) -> list[str]:
     return [ex.question for ex in task.preference + task.test]
-
-
-def write_jsonl(path, rows) -> None:
-    with open(path, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:

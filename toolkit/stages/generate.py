@@ -11,13 +11,12 @@ from peft import PeftModel
 from ..config import RunConfig
 from ..evaluate import binomial_stderr
 from ..models import load_model
-from ..rundir import RunDir
+from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..scoring import one_shot_accuracy
 from ..tasks import load_task
 from ..tasks.base import Example
 from ..teaching import draft_questions, write_rationales
-from .elicit import elicit_seeds, held_out_questions, write_jsonl
-from .prefer import read_jsonl
+from .elicit import elicit_seeds, held_out_questions
 
 TEACHERS = ("original", "aligned")
 

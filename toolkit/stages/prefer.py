@@ -8,7 +8,6 @@ its rationales.
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from collections import defaultdict
@@ -18,15 +17,9 @@ import numpy as np
 from ..config import RunConfig
 from ..models import load_model
 from ..preference_set import choose_items, load_model_results
-from ..rundir import RunDir
+from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..scoring import influence_scores, one_shot_accuracy, one_shot_correct
 from ..tasks import load_task
-from .elicit import write_jsonl
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:

@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import (DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer,
                           TrainingArguments)
 
-from ..rundir import sha256_file, write_json_atomic
+from ..rundir import sha256_file, write_json_atomic, write_jsonl
 from .corpus import student_pages, teacher_documents
 from .problems import make_splits, sample_problems
 from .task import DEFAULT_SIZES
@@ -58,12 +58,6 @@ class WorldSpec:
                                    student_pages=max(64, int(self.student_pages * factor)),
                                    teacher_steps=max(2, int(self.teacher_steps * factor)),
                                    student_steps=max(2, int(self.student_steps * factor)))
-
-
-def _write_jsonl(path: Path, texts: list[str]) -> None:
-    with open(path, "w") as handle:
-        for text in texts:
-            handle.write(json.dumps({"text": text}) + "\n")
 
 
 def build_corpora(spec: WorldSpec, eos: str = "</s>") -> dict[str, list[str]]:
@@ -115,7 +109,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train: bool = Tr
         tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "data").mkdir()
         for name, texts in corpora.items():
-            _write_jsonl(tmp / "data" / f"{name}_corpus.jsonl", texts)
+            write_jsonl(tmp / "data" / f"{name}_corpus.jsonl", ({"text": t} for t in texts))
         info = {"spec": json.loads(json.dumps(asdict(spec))), "hashes": {
             "tokenizer.json": sha256_file(tmp / "tokenizer" / "tokenizer.json"),
             **{f"{n}_corpus.jsonl": sha256_file(tmp / "data" / f"{n}_corpus.jsonl") for n in corpora}}}
