@@ -63,6 +63,7 @@ def assemble(run: RunDir, target_name: str) -> dict:
                    "student_fp32": _acc(rec["distill"], "student_fp32", "stderr"),
                    "student_int8": _acc(export, "student_int8", "stderr")},
         "test_questions": _acc(rec["distill"], "student_fp32", "n"),
+        "student_tools": _acc(base, "student_before", "tools"),
     }
     latency = {k: bench.get(k) for k in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s",
                                          "prompt_tokens_per_s", "peak_rss_mb", "model_mb", "threads", "prompt_tokens",
@@ -154,6 +155,11 @@ def markdown(report: dict, plot_folder: str) -> str:
              "## Accuracy (test split)", "", "| model | accuracy | sampling error |", "| --- | --- | --- |"]
     for name in ("teacher", "student_before", "student_fp32", "student_int8"):
         lines.append(f"| {name} | {_fmt(acc[name])} | {_fmt(acc['stderr'].get(name))} |")
+    if acc.get("student_tools") not in (None, "none"):
+        lines += ["", f"The student decodes with tools: {acc['student_tools']} (it fills in the results of the "
+                  "student's own `a op b=` equations; the student chooses the numbers and operations). The teacher "
+                  "row is the teacher with its generation tools; without them it scored "
+                  f"{_fmt(acc.get('teacher_no_tools'))}."]
     lines += ["", f"![accuracy]({plot_folder}/accuracy.png)", "", "## What ARTE bought (ablation)", "",
               "| student trained on | mean | std | seeds |", "| --- | --- | --- | --- |",
               f"| nothing (student before) | {_fmt(ab.get('student_before'))} | - | - |"]

@@ -37,7 +37,7 @@ _IGNORED_DIRS = {"__pycache__"}
 
 
 def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir: str | Path, report: dict,
-                card_info: dict, smoke_prompt: str | None = None) -> Path:
+                card_info: dict, smoke_prompt: str | None = None, decoding: dict | None = None) -> Path:
     """Assemble the bundle in ``out_dir`` (which must be empty, absent or an older bundle)."""
     quantized_dir, out_dir = Path(quantized_dir), Path(out_dir)
     target_file, target = _target_file(target)
@@ -68,6 +68,8 @@ def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir:
     manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "target": {"name": target.name, "hash": target_hash(target), "file": "target.toml"},
                 "model_file": "model.onnx", "models": models, "runtime": "edge_runtime.py",
+                # how the student was scored and should be decoded (read by edge_runtime.py --calculator auto)
+                "decoding": {"calculator": False, **(decoding or {})},
                 "versions": _versions(), "smoke": smoke, "files": files}
     write_json_atomic(out_dir / MANIFEST, manifest)
     return out_dir

@@ -50,6 +50,65 @@ _KV_CACHE_META = "edge_tailor.kv_cache"  # "shared": past and present may be one
 # (new tokens of each row so far, scores [batch, vocab]) -> scores
 LogitsProcessor = Callable[[list[list[int]], np.ndarray], np.ndarray]
 
+_EQUATION_TAIL = re.compile(r"(\d+)\s*([+\-*/x])\s*(\d+)\s*=\s?(\d*)$")
+_FINAL_TAIL = re.compile(r"####\s(\d*)$")
+_RESULT = re.compile(r"=\s*(-?\d+)")
+
+
+def evaluate_op(a: int, op: str, b: int) -> int | None:
+    """Exact integer result of ``a op b``; None for a division that does not come out even."""
+    if op in "*x":
+        return a * b
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "/" and b != 0 and a % b == 0:
+        return a // b
+    return None
+
+
+def calculator_next(text: str) -> str | None:
+    """What a calculator still has to write at the end of ``text``, or None to let the model choose.
+
+    After ``a op b=`` it is the result (minus the digits already written); after ``#### `` it is the
+    last result computed. Stateless, so one instance serves every row and batch.
+    """
+    match = _EQUATION_TAIL.search(text)
+    if match:
+        result = evaluate_op(int(match.group(1)), match.group(2), int(match.group(3)))
+        written = match.group(4)
+        if result is not None and str(result).startswith(written) and str(result) != written:
+            return str(result)[len(written):]
+        return None
+    match = _FINAL_TAIL.search(text)
+    if match:
+        found = _RESULT.findall(text[:match.start()])
+        if found and found[-1].startswith(match.group(1)) and found[-1] != match.group(1):
+            return found[-1][len(match.group(1)):]
+    return None
+
+
+class Calculator:
+    """A decode-time calculator for ``EdgeModel``: writes the results of the model's own equations.
+
+    The model decides whether and which equation to write; this tool only fills in ``r`` after
+    ``a op b=`` and the final answer after ``#### ``, as GSM8K's ``<<a*b=c>>`` annotations were
+    filled. A bundle records in its manifest whether its student was trained and scored this way.
+    """
+
+    def __init__(self, model: "EdgeModel"):
+        self.model = model
+
+    def __call__(self, new: list[list[int]], scores: np.ndarray) -> np.ndarray:
+        for row, tokens in enumerate(new):
+            remaining = calculator_next(self.model.decode(tokens))
+            if remaining:
+                forced = self.model.encode(remaining)[0]
+                scores[row, :] = -np.inf
+                scores[row, forced] = 0.0
+        return scores
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -311,6 +370,14 @@ def _special_ids(bundle: Path, tokenizer: Tokenizer) -> tuple[list[int], int]:
     return eos_ids, int(pad)
 
 
+def bundle_uses_calculator(bundle: str | Path) -> bool:
+    """Whether the bundle's student decodes with the calculator (``manifest.json`` ``decoding``)."""
+    manifest = Path(bundle) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    return bool(json.loads(manifest.read_text()).get("decoding", {}).get("calculator", False))
+
+
 def _replace(settings: RuntimeSettings, **changes) -> RuntimeSettings:
     return RuntimeSettings(**{**settings.__dict__, **changes})
 
@@ -327,11 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="override the target's intra_op_threads")
     parser.add_argument("--provider", default=None, help="override the target's execution provider")
     parser.add_argument("--model-file", default="model.onnx")
+    parser.add_argument("--calculator", choices=("auto", "on", "off"), default="auto",
+                        help="fill in the results of the model's equations (auto: as the bundle's manifest says)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
 
     model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file)
-    out = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed)
+    use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
+    out = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
+                         logits_processor=Calculator(model) if use_calculator else None)
     if args.json:
         print(json.dumps(out.__dict__))
     else:

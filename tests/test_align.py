@@ -23,15 +23,20 @@ def _logp(model, tokenizer, prompt, completion):
     return torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(c)[:, None]).sum().item()
 
 
-def test_dpo_trains_the_adapter_and_raises_the_margin(tmp_path):
+def _pairs_and_config(n, rejected_style, max_steps, seed):
     torch.set_num_threads(1)
     task = toy_task()
-    rng = random.Random(0)
-    problems = make_splits(0, {"seed": 24})["seed"]
+    rng = random.Random(seed)
+    problems = make_splits(0, {"seed": n})["seed"]
     pairs = [{"prompt": task.prompt(p.question), "chosen": " " + render_rationale(p, "step", rng),
-              "rejected": " " + render_rationale(p, "terse", rng)} for p in problems]
-    cfg = RunConfig.model_validate({"device": "cpu", "align": {"max_steps": 12, "batch_size": 4,
+              "rejected": " " + render_rationale(p, rejected_style, rng)} for p in problems]
+    cfg = RunConfig.model_validate({"device": "cpu", "align": {"max_steps": max_steps, "batch_size": 4,
                                                                "learning_rate": 2e-3}})
+    return pairs, cfg
+
+
+def test_dpo_trains_the_adapter_and_raises_the_margin(tmp_path):
+    pairs, cfg = _pairs_and_config(24, "terse", max_steps=12, seed=0)
     trainer, history = train_dpo(cfg, pairs, tmp_path)
     model, tokenizer = trainer.model, trainer.processing_class
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
@@ -48,3 +53,24 @@ def test_dpo_trains_the_adapter_and_raises_the_margin(tmp_path):
         before = margin()
     assert after > before + 0.5, (before, after)
     assert history[-1]["rewards/margins"] > history[0]["rewards/margins"]
+
+
+def test_a_second_round_trains_on_top_of_the_first(tmp_path):
+    """Round 2's DPO starts from the round-1 teacher (its reference), and the teacher `generate` loads
+    merges both adapters in order."""
+    from edge_tailor.stages.align import load_teacher
+
+    pairs, cfg = _pairs_and_config(16, "verbose", max_steps=6, seed=1)
+    train_dpo(cfg, pairs, tmp_path / "r1")
+    first = [tmp_path / "r1" / "adapter"]
+    trainer, _ = train_dpo(cfg, pairs, tmp_path / "r2", stack=first)
+    model, tokenizer = trainer.model.eval(), trainer.processing_class
+    one = load_teacher(cfg, stack=first).model
+    both = load_teacher(cfg, stack=first + [tmp_path / "r2" / "adapter"]).model
+    p = pairs[0]
+    with model.disable_adapter():  # round 2's reference is the round-1 teacher
+        reference = _logp(model, tokenizer, p["prompt"], p["chosen"])
+    assert reference == pytest.approx(_logp(one, tokenizer, p["prompt"], p["chosen"]), abs=1e-3)
+    assert _logp(model, tokenizer, p["prompt"], p["chosen"]) == \
+        pytest.approx(_logp(both, tokenizer, p["prompt"], p["chosen"]), abs=1e-3)
+    assert abs(_logp(both, tokenizer, p["prompt"], p["chosen"]) - reference) > 1e-3

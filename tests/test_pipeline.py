@@ -12,7 +12,7 @@ SMALL = ["name=smoke", "threads=1", "elicit.drafts=12", "elicit.batch_size=24", 
          "prefer.probe_demos=3", "align.max_steps=4", "align.batch_size=4", "generate.examples=24",
          "generate.compare_questions=6", "generate.compare_preference=8", "distill.max_steps=6",
          "distill.batch_size=8", "distill.ablation_seeds=2", "evaluate.test_questions=24", "export.parity_prompts=2",
-         "bench.reference_rounds=1"]
+         "bench.reference_rounds=1", "align.rounds=2"]
 REPORT_KEYS = {"target", "accuracy", "ablation", "latency", "budgets", "passed"}
 
 
@@ -50,6 +50,10 @@ def test_stage_records_hold_the_counts(run_dir):
     elicit, align, generate = record("elicit"), record("align"), record("generate")
     assert elicit["raw_questions"] >= elicit["questions_kept"] > 0 and isinstance(elicit["questions_dropped"], dict)
     assert sum(align["pairs"].values()) > 0 and align["loss"] and align["reward_margin"]
+    # a second ARTE round: drafts from the aligned teacher, scored, paired, a second adapter stacked on the first
+    (second,) = align["rounds"]
+    assert second["round"] == 2 and second["drafts"] > 0 and sum(second["pairs"].values()) > 0
+    assert second["loss"] and (run_dir / "align" / "round2" / "adapter" / "adapter_config.json").exists()
     assert set(generate["data"]) == {"original", "aligned"}
 
 

@@ -86,9 +86,9 @@ def test_splits_disjoint_and_deterministic():
 def test_op_weights():
     ps = sample_problems(0, 600, op_weights=(1, 0, 0))
     assert all(len(p.steps) == 1 for p in ps)
-    ps = sample_problems(0, 600)
+    ps = sample_problems(0, 600, op_weights=(0.5, 0.5, 0))
     share = sum(len(p.steps) == 1 for p in ps) / len(ps)
-    assert 0.4 < share < 0.6
+    assert 0.4 < share < 0.6 and all(len(p.steps) <= 2 for p in ps)
 
 
 @pytest.mark.parametrize("style", STYLES)

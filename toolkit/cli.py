@@ -186,7 +186,10 @@ def cmd_bench(args) -> int:
 
         cfg = load_config(args.config)
         task = load_task(cfg.task)
-        result["accuracy"] = edge_accuracy(bundle, task, task.test[: cfg.evaluate.test_questions], cfg, args.model_file)
+        from .export.runtime import bundle_uses_calculator
+
+        result["accuracy"] = edge_accuracy(bundle, task, task.test[: cfg.evaluate.test_questions], cfg, args.model_file,
+                                           calculator=bundle_uses_calculator(bundle))
     print(json.dumps(result, indent=2))
     return 0
 

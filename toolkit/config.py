@@ -76,6 +76,8 @@ class AlignConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(80, description="-1 = by epochs")
     batch_size: int = Field(8, ge=1)
+    rounds: int = Field(1, ge=1, le=8, description="ARTE rounds: 2+ elicits, scores and aligns again from the "
+                        "aligned teacher (each round stacks a LoRA adapter; ~4 min per round on the default)")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="paper: 10% warm-up then cosine")
     nll_anchor: bool = Field(True, description="add an SFT loss on the chosen side (keeps the format)")
     min_score_gap: float = Field(0.04, ge=0, description="drop rationale pairs whose scores differ less")
@@ -118,6 +120,11 @@ class EvalConfig(Section):
     test_questions: int = Field(300, ge=1)
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, ge=4)
+    calculator: bool | None = Field(
+        None, description="the student decodes with a calculator that fills in the results of its own `a op b=` "
+        "equations and `#### n`, wherever it is scored (one-shot preference, test accuracy, the bundle's edge "
+        "runtime); None = the task's default (on for the embedded world, whose student copies numbers but "
+        "cannot add them)")
 
 
 class ExportConfig(Section):

@@ -9,6 +9,12 @@ from .generation import ToolSettings, generate
 from .tasks.base import Example, Task
 
 
+def student_tools(calculator: bool | None, task: Task) -> ToolSettings | None:
+    """The tools the student decodes with: the calculator when the config (or else the task) says so."""
+    on = task.calculator if calculator is None else calculator
+    return ToolSettings(calculator=True, grounding=False) if on else None
+
+
 def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
@@ -30,6 +36,7 @@ def evaluate_model(model, tokenizer, task: Task, examples: Sequence[Example], *,
                            tools=tools, solutions=solutions, stop=task.style.stop,
                            description=description)
     result = score_completions(task, examples, completions)
+    result["tools"] = "+".join(name for name in ("calculator", "grounding") if tools and getattr(tools, name)) or "none"
     result["completions"] = completions
     return result
 

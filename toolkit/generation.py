@@ -15,30 +15,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .export.runtime import calculator_next  # the edge runtime's calculator: one rule for both
 from .progress import track
 
-_EQUATION_TAIL = re.compile(r"(\d+)\s*([+\-*/x])\s*(\d+)\s*=$")
 _RESULT = re.compile(r"=\s*(-?\d+)")
 _FINAL_TAG = "#### "
-
-
-def evaluate_op(a: int, op: str, b: int) -> int | None:
-    if op in "*x":
-        return a * b
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "/" and b != 0:
-        value = Fraction(a, b)
-        return int(value) if value.denominator == 1 else None
-    return None
 
 
 @dataclass
@@ -80,15 +66,9 @@ class ArithmeticTools(LogitsProcessor):
     def _plan(self, row: int, text: str, scores: torch.Tensor) -> list[int] | None:
         """Tokens the tools write next for this row, or None to let the model choose."""
         if self.settings.calculator:
-            match = _EQUATION_TAIL.search(text)
-            if match:
-                result = evaluate_op(int(match.group(1)), match.group(2), int(match.group(3)))
-                if result is not None:
-                    return self._encode(str(result))
-            if text.endswith(_FINAL_TAG):
-                last = self._last_result(row, text)
-                if last is not None:
-                    return self._encode(str(last))
+            remaining = calculator_next(text)
+            if remaining:
+                return self._encode(remaining)
         if self.settings.grounding and self.solutions is not None and not text.endswith(_FINAL_TAG):
             prev = text[-1:] if text else " "
             if not prev.isdigit() and prev not in "=+-*/" and self._starts_number(scores):

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .generation import generate
+from .generation import ToolSettings, generate
 from .tasks.base import Example, Task
 
 
 def one_shot_correct(model, tokenizer, task: Task, demos: Sequence[tuple[str, str]],
                      questions: Sequence[Example], *, max_new_tokens: int, batch_size: int,
-                     description: str = "scoring drafts") -> list[list[bool]]:
+                     tools: ToolSettings | None = None, description: str = "scoring drafts") -> list[list[bool]]:
     """For each (question, rationale) demo: which of `questions` the student gets right, greedy."""
     prompts = [task.prompt(ex.question, [demo]) for demo in demos for ex in questions]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           stop=task.style.stop, description=description)
+                           tools=tools, stop=task.style.stop, description=description)
     n = len(questions)
     return [[task.is_correct(c, ex) for c, ex in zip(completions[i * n:(i + 1) * n], questions)]
             for i in range(len(demos))]

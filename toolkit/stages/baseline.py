@@ -13,7 +13,7 @@ import random
 import statistics
 
 from ..config import RunConfig
-from ..evaluate import binomial_stderr, evaluate_model, summary
+from ..evaluate import binomial_stderr, evaluate_model, student_tools, summary
 from ..generation import ToolSettings, generate
 from ..models import load_model
 from ..rundir import RunDir
@@ -43,8 +43,9 @@ def _toy_probes(cfg: RunConfig, teacher, student, task, folder) -> dict:
     for style in STYLES:
         demos = [(p.question, render_rationale(p, style, rng)) for p in problems]
         by_style[style] = one_shot_accuracy(student.model, student.tokenizer, task, demos, questions,
-                                            max_new_tokens=cfg.prefer.max_new_tokens,
-                                            batch_size=cfg.prefer.batch_size, description=f"one-shot {style}")
+                                            max_new_tokens=cfg.prefer.max_new_tokens, batch_size=cfg.prefer.batch_size,
+                                            tools=student_tools(cfg.evaluate.calculator, task),
+                                            description=f"one-shot {style}")
     means = {s: statistics.mean(v) for s, v in by_style.items()}
     noise = binomial_stderr(statistics.mean(means.values()), len(questions))
     (folder / "drafts.json").write_text(json.dumps({"prompts": prompts, "outputs": texts}, indent=1))
@@ -78,6 +79,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                                              batch_size=ev.batch_size, description="teacher+tools on test"),
         "student_before": evaluate_model(student.model, student.tokenizer, task, test,
                                          max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                         tools=student_tools(ev.calculator, task),
                                          description="student on test"),
     }
     with open(folder / "completions.jsonl", "w") as handle:

@@ -4,7 +4,7 @@ data; merge, remove fake quantization, save (safetensors + tokenizer), evaluate.
 from __future__ import annotations
 
 from ..config import RunConfig
-from ..evaluate import evaluate_model, summary
+from ..evaluate import evaluate_model, student_tools, summary
 from ..models import load_model
 from ..rundir import RunDir, read_jsonl
 from ..sft import train_student
@@ -38,6 +38,7 @@ def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: in
     ev = cfg.evaluate
     result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
                             max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                            tools=student_tools(ev.calculator, task),
                             description=f"student ({teacher} data, seed {seed}) on test")
     return model, student.tokenizer, record, result
 

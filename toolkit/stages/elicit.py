@@ -23,10 +23,8 @@ def held_out_questions(task) -> list[str]:
     return [ex.question for ex in task.preference + task.test]
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    folder = run_dir.stage_dir("elicit")
-    task = load_task(cfg.task)
-    teacher = load_model(cfg.teacher, cfg.device)
+def elicit_drafts(cfg: RunConfig, task, teacher, seed: int) -> tuple[list, list[dict], dict]:
+    """Drafted questions, one rationale per technique for each, and the counts (drafted, dropped and why)."""
     techniques = cfg.elicit.techniques or list(task.techniques)
     unknown = [t for t in techniques if t not in task.techniques]
     if unknown:
@@ -35,19 +33,28 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         raise InputError("config", "elicit.techniques", f"unknown {unknown}; task has {list(task.techniques)}")
     seeds, _ = elicit_seeds(task)
     questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, cfg.elicit.drafts,
-                                           cfg.elicit, cfg.seed, exclude=held_out_questions(task))
+                                           cfg.elicit, seed, exclude=held_out_questions(task))
     drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, cfg.elicit, techniques=techniques,
-                              temperature=cfg.elicit.rationale_temperature, seed=cfg.seed)
-    write_jsonl(folder / "questions.jsonl", [{"question": q.question, "answer": q.answer} for q in questions])
-    write_jsonl(folder / "drafts.jsonl", drafts)
-    record = {"metrics": {
+                              temperature=cfg.elicit.rationale_temperature, seed=seed)
+    metrics = {
         "raw_questions": raw, "questions_kept": len(questions), "questions_dropped": dict(filt.dropped),
         "well_formed_question_share": round(len(filt.kept) / max(1, raw), 4),
         "rationales": len(drafts), "techniques": techniques,
         "rationales_well_formed": sum(d["well_formed"] for d in drafts),
         "rationales_correct": sum(d["correct"] for d in drafts),
         "rationales_dropped": dict(Counter("no_answer" for d in drafts if not d["well_formed"])),
-    }}
+    }
+    return questions, drafts, metrics
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    folder = run_dir.stage_dir("elicit")
+    task = load_task(cfg.task)
+    teacher = load_model(cfg.teacher, cfg.device)
+    questions, drafts, metrics = elicit_drafts(cfg, task, teacher, cfg.seed)
+    write_jsonl(folder / "questions.jsonl", [{"question": q.question, "answer": q.answer} for q in questions])
+    write_jsonl(folder / "drafts.jsonl", drafts)
+    record = {"metrics": metrics}
     if cfg.elicit.annotate:
         data = load_task(cfg.elicit.annotate)
         rows = annotate(teacher.model, teacher.tokenizer, data, data.seed + data.preference, cfg.elicit.annotate_order,

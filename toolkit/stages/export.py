@@ -8,25 +8,30 @@ from __future__ import annotations
 import shutil
 
 from ..config import RunConfig
-from ..evaluate import binomial_stderr
+from ..evaluate import binomial_stderr, student_tools
 from ..progress import console
 from ..rundir import RunDir
 from ..target import load_target, target_path
 from ..tasks import load_task
 
 
-def edge_accuracy(model_dir, task, examples, cfg: RunConfig, model_file: str = "model.onnx") -> dict:
-    """Accuracy of an ONNX model on `examples` with the edge runtime (batched greedy decoding)."""
-    from ..export.runtime import EdgeModel
+def edge_accuracy(model_dir, task, examples, cfg: RunConfig, model_file: str = "model.onnx",
+                  calculator: bool | None = None) -> dict:
+    """Accuracy of an ONNX model on `examples` with the edge runtime (batched greedy decoding), with the
+    calculator when `calculator` (default: as the config and task say for the student)."""
+    from ..export.runtime import Calculator, EdgeModel
 
+    if calculator is None:
+        calculator = student_tools(cfg.evaluate.calculator, task) is not None
     model = EdgeModel.load(model_dir, model_file=model_file)
     prompts = [task.prompt(ex.question) for ex in examples]
     results = model.generate_batch(prompts, max_new_tokens=cfg.evaluate.max_new_tokens, stop=list(task.style.stop),
-                                   batch_size=cfg.evaluate.batch_size)
+                                   batch_size=cfg.evaluate.batch_size,
+                                   logits_processor=Calculator(model) if calculator else None)
     correct = [task.is_correct(r.text, ex) for r, ex in zip(results, examples)]
     acc = sum(correct) / len(correct)
     return {"accuracy": round(acc, 4), "stderr": round(binomial_stderr(acc, len(correct)), 4), "n": len(correct),
-            "model_file": model_file}
+            "model_file": model_file, "calculator": calculator}
 
 
 def fallbacks(target):

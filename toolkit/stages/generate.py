@@ -6,27 +6,18 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from peft import PeftModel
-
 from ..config import RunConfig
-from ..evaluate import binomial_stderr
+from ..evaluate import binomial_stderr, student_tools
 from ..models import load_model
 from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..scoring import one_shot_accuracy
 from ..tasks import load_task
 from ..tasks.base import Example
 from ..teaching import draft_questions, write_rationales
+from .align import load_teacher
 from .elicit import elicit_seeds, held_out_questions
 
 TEACHERS = ("original", "aligned")
-
-
-def load_teacher(cfg: RunConfig, run_dir: RunDir, which: str):
-    teacher = load_model(cfg.teacher, cfg.device)
-    adapter = run_dir.stage_dir("align") / "adapter"
-    if which == "aligned" and adapter.exists():  # absent when `align` found no pairs (its record says so)
-        teacher.model = PeftModel.from_pretrained(teacher.model, str(adapter)).merge_and_unload().eval()
-    return teacher
 
 
 def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> tuple[list[dict], dict]:
@@ -55,7 +46,8 @@ def compare_on_held_out(cfg: RunConfig, task, teacher, student, held_out_seeds, 
     usable = [d for d in drafts if d["well_formed"]]
     scores = one_shot_accuracy(student.model, student.tokenizer, task, [(d["question"], d["rationale"]) for d in usable],
                                preference, max_new_tokens=cfg.prefer.max_new_tokens,
-                               batch_size=cfg.prefer.batch_size, description="scoring held-out drafts")
+                               batch_size=cfg.prefer.batch_size, tools=student_tools(cfg.evaluate.calculator, task),
+                               description="scoring held-out drafts")
     mean = statistics.mean(scores) if scores else 0.0
     # sampling error of the mean score: spread across drafts plus binomial noise within each
     spread = statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else binomial_stderr(mean, len(preference))
@@ -79,7 +71,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     metrics = {"data": {}, "held_out": {}}
     data = {}
     for which in TEACHERS:
-        teacher = load_teacher(cfg, run_dir, which)
+        teacher = load_teacher(cfg, run_dir) if which == "aligned" else load_model(cfg.teacher, cfg.device)
         data[which], metrics["data"][which] = tailored_data(cfg, task, teacher, task.seed, exclude, cfg.seed)
         metrics["held_out"][which] = compare_on_held_out(cfg, task, teacher, student, held_out, preference, cfg.seed)
     # The comparison is only fair at the same data budget: both sets are cut to the smaller one.

@@ -15,23 +15,23 @@ from collections import defaultdict
 import numpy as np
 
 from ..config import RunConfig
+from ..evaluate import student_tools
 from ..models import load_model
 from ..preference_set import choose_items, load_model_results
 from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..scoring import influence_scores, one_shot_accuracy, one_shot_correct
 from ..tasks import load_task
+from ..tasks.base import Example
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    folder = run_dir.stage_dir("prefer")
-    task = load_task(cfg.task)
-    student = load_model(cfg.student, cfg.device)
-    drafts = read_jsonl(run_dir.stage_dir("elicit") / "drafts.jsonl")
-    usable = [d for d in drafts if d["well_formed"]]
+def _score_args(cfg: RunConfig, task) -> dict:
+    return {"max_new_tokens": cfg.prefer.max_new_tokens, "batch_size": cfg.prefer.batch_size,
+            "tools": student_tools(cfg.evaluate.calculator, task)}
+
+
+def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> tuple[list[Example], dict]:
+    """The most discriminative validation questions; conditions = one-shot with a sample of drafts."""
     pc = cfg.prefer
-    score_args = {"max_new_tokens": pc.max_new_tokens, "batch_size": pc.batch_size}
-
-    # Preference set: conditions = one-shot with a random sample of drafts (the styles differ).
     validation = task.preference
     rng = random.Random(cfg.seed)
     probes = [(d["question"], d["rationale"]) for d in rng.sample(usable, min(pc.probe_demos, len(usable)))]
@@ -43,41 +43,52 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     keep_n = min(pc.preference_questions, len(validation))
     if len(probes) >= 2:
         results = np.array(one_shot_correct(student.model, student.tokenizer, task, probes, validation,
-                                            description="probing validation items", **score_args), dtype=float)
+                                            description="probing validation items", **_score_args(cfg, task)),
+                           dtype=float)
         keep, selection = choose_items(results, keep_n, external, cfg.seed)
     else:
         keep, selection = list(range(keep_n)), {"method": "first_n", "kept": keep_n, "of": len(validation)}
     selection["probes"] = f"{len(probes)} {probe_source}"
-    preference = [validation[i] for i in keep]
+    return [validation[i] for i in keep], selection
 
+
+def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: list[Example]):
+    """Score every well-formed draft (s_r) and every question (s_q: mean over its rationales)."""
+    usable = [d for d in drafts if d["well_formed"]]
     demos = [(d["question"], d["rationale"]) for d in usable]
     if not demos:
         scores = []
-    elif pc.scorer == "in_context":
+    elif cfg.prefer.scorer == "in_context":
         scores = one_shot_accuracy(student.model, student.tokenizer, task, demos, preference,
-                                   description="scoring drafts (one-shot)", **score_args)
+                                   description="scoring drafts (one-shot)", **_score_args(cfg, task))
     else:
         scores = influence_scores(student.model, student.tokenizer, task, demos, preference[:32])
     for d, s in zip(usable, scores):
         d["score"] = s
     for d in drafts:
         d.setdefault("score", None)
-
-    by_question = defaultdict(list)
+    by_question, by_technique = defaultdict(list), defaultdict(list)
     for d in usable:
         by_question[d["question"]].append(d["score"])
-    question_scores = [{"question": q, "score": statistics.mean(v), "n": len(v)} for q, v in by_question.items()]
-    write_jsonl(folder / "scores.jsonl", drafts)
-    write_jsonl(folder / "question_scores.jsonl", question_scores)
-    write_jsonl(folder / "preference_set.jsonl", [{"question": e.question, "answer": e.answer} for e in preference])
-    by_technique = defaultdict(list)
-    for d in usable:
         by_technique[d["technique"]].append(d["score"])
-    return {"metrics": {
-        "scorer": pc.scorer, "preference_set": selection, "drafts_scored": len(usable),
-        "drafts_unscored_malformed": len(drafts) - len(usable),
+    question_scores = [{"question": q, "score": statistics.mean(v), "n": len(v)} for q, v in by_question.items()]
+    metrics = {
+        "scorer": cfg.prefer.scorer, "drafts_scored": len(usable), "drafts_unscored_malformed": len(drafts) - len(usable),
         "mean_score": round(statistics.mean(scores), 4) if scores else None,
         "score_by_technique": {t: round(statistics.mean(v), 4) for t, v in by_technique.items()},
         "questions_scored": len(question_scores),
-    }}
+    }
+    return question_scores, metrics
 
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    folder = run_dir.stage_dir("prefer")
+    task = load_task(cfg.task)
+    student = load_model(cfg.student, cfg.device)
+    drafts = read_jsonl(run_dir.stage_dir("elicit") / "drafts.jsonl")
+    preference, selection = choose_preference_set(cfg, task, student, [d for d in drafts if d["well_formed"]])
+    question_scores, metrics = score_drafts(cfg, task, student, drafts, preference)
+    write_jsonl(folder / "scores.jsonl", drafts)
+    write_jsonl(folder / "question_scores.jsonl", question_scores)
+    write_jsonl(folder / "preference_set.jsonl", [{"question": e.question, "answer": e.answer} for e in preference])
+    return {"metrics": {"preference_set": selection, **metrics}}

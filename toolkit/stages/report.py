@@ -4,8 +4,10 @@ ships (verified after it is written)."""
 from __future__ import annotations
 
 from ..config import RunConfig
+from ..evaluate import student_tools
 from ..rundir import RunDir, write_json_atomic
 from ..target import target_path
+from ..tasks import load_task
 
 PLOTS = "report"
 
@@ -20,13 +22,16 @@ def write_report(run_dir: RunDir, target: str) -> dict:
     return report
 
 
-def card_info(cfg: RunConfig, report: dict) -> dict:
+def card_info(cfg: RunConfig, report: dict, calculator: bool) -> dict:
     ab = report["ablation"]
     aligned = ab.get("aligned_teacher") or {}
     return {
         "task": cfg.task.name, "base_model": cfg.student.path,
         "intended_use": f"Answering `{cfg.task.name}` questions on the device described by target `{cfg.target}`, "
-                        "run by the bundled edge runtime (onnxruntime + numpy + tokenizers).",
+                        "run by the bundled edge runtime (onnxruntime + numpy + tokenizers)"
+                        + (", with its calculator filling in the results of the model's equations "
+                           "(`edge_runtime.py --calculator auto`); every accuracy here was measured that way."
+                           if calculator else "."),
         "training_data": f"{cfg.generate.examples} examples written by the teacher (`{cfg.teacher.path}`) after ARTE "
                          "alignment to this student (DPO on the student's one-shot preferences); greedy rationales "
                          "kept only when their answer matched the task's solver.",
@@ -43,8 +48,11 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
     report = write_report(run_dir, cfg.target)
     bundle = run_dir.root / "bundle"
+    task = load_task(cfg.task)
+    calculator = student_tools(cfg.evaluate.calculator, task) is not None
     make_bundle(run_dir.stage_dir("export") / "quantized", target_path(cfg.target), bundle, report,
-                card_info(cfg, report))
+                card_info(cfg, report, calculator),
+                decoding={"calculator": calculator, "prompt": task.style.query, "stop": list(task.style.stop)})
     verified = verify_bundle(bundle, target_path(cfg.target))
     return {"metrics": {"passed": report["passed"], "verified": bool(verified)},
             "extra_files": [run_dir.root / "report.json", run_dir.root / "report.md", *sorted(p for p in bundle.rglob("*") if p.is_file())]}

@@ -72,6 +72,8 @@ class Task:
     annotation_prompts: dict[str, str] | None = None
     # names the style of a rationale (for reports of what alignment changed); None where unknown
     style_of: Callable[[str], str] | None = None
+    # the student decodes with the calculator unless the config says otherwise (evaluate.calculator)
+    calculator: bool = False
 
     def extract(self, completion: str) -> str | None:
         from .answers import extract_answer

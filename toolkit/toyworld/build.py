@@ -43,6 +43,10 @@ class WorldSpec:
     student: ModelShape = ModelShape(hidden=128, layers=3, heads=4, intermediate=320)
     teacher_docs: int = 24000
     student_pages: int = 12000
+    # Share of 1-, 2- and 3-step problems in each corpus. The teacher saw every length; the student's
+    # pretraining stops at two steps, like a small general model that has never chained three.
+    teacher_op_weights: tuple = (0.3, 0.35, 0.35)
+    student_op_weights: tuple = (0.55, 0.45, 0.0)
     teacher_steps: int = 400
     student_steps: int = 400
     batch_size: int = 32
@@ -63,10 +67,13 @@ class WorldSpec:
 def build_corpora(spec: WorldSpec, eos: str = "</s>") -> dict[str, list[str]]:
     splits = make_splits(spec.seed, spec.split_sizes)
     held_out = {p.question for split in splits.values() for p in split}
-    problems = sample_problems(spec.seed + 1, spec.corpus_problems, exclude=frozenset(held_out))
+    teacher_problems = sample_problems(spec.seed + 1, spec.corpus_problems, spec.teacher_op_weights,
+                                       exclude=frozenset(held_out))
+    student_problems = sample_problems(spec.seed + 2, spec.corpus_problems, spec.student_op_weights,
+                                       exclude=frozenset(held_out))
     rng = random.Random(spec.seed)
-    return {"teacher": teacher_documents(problems, rng, spec.teacher_docs, eos),
-            "student": student_pages(problems, rng, spec.student_pages, eos)}
+    return {"teacher": teacher_documents(teacher_problems, rng, spec.teacher_docs, eos),
+            "student": student_pages(student_problems, rng, spec.student_pages, eos)}
 
 
 def _train(shape: ModelShape, tokenizer, texts: list[str], steps: int, spec: WorldSpec, out: Path) -> dict:

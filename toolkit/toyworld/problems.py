@@ -136,7 +136,12 @@ def generate_problem(rng: random.Random, n_ops: int) -> Problem:
     return Problem(" ".join(sentences), steps, steps[-1].result)
 
 
-def sample_problems(seed: int | str, n: int, op_weights=(0.5, 0.35, 0.15), exclude=frozenset()) -> list[Problem]:
+# The task asks for up to three steps and weighs the longer ones most: the student's own pretraining
+# (STUDENT_OP_WEIGHTS in build.py) stops at two steps, so the third is what the teacher's data must teach.
+TASK_OP_WEIGHTS = (0.2, 0.3, 0.5)
+
+
+def sample_problems(seed: int | str, n: int, op_weights=TASK_OP_WEIGHTS, exclude=frozenset()) -> list[Problem]:
     """``n`` problems with distinct questions (none in ``exclude``); 1, 2, 3 ops by ``op_weights``."""
     rng = random.Random(seed)
     seen, out = set(exclude), []
@@ -155,7 +160,7 @@ def sample_problems(seed: int | str, n: int, op_weights=(0.5, 0.35, 0.15), exclu
 SPLIT_ORDER = ("test", "validation", "preference", "seed")
 
 
-def make_splits(seed: int, sizes: dict[str, int], op_weights=(0.5, 0.35, 0.15)) -> dict[str, list[Problem]]:
+def make_splits(seed: int, sizes: dict[str, int], op_weights=TASK_OP_WEIGHTS) -> dict[str, list[Problem]]:
     """Disjoint splits. Each split draws from its own stream, test first, so the test set
     depends only on ``seed`` and its own size, not on how big the other splits are."""
     order = [s for s in SPLIT_ORDER if s in sizes] + sorted(set(sizes) - set(SPLIT_ORDER))

@@ -56,4 +56,5 @@ def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
         annotation_prompts={"C": "Q: {question}\nStyle: step\nA:", "M": "Q: {question}\nStyle: mistake\nA:",
                             "F": "Q: {question}\nStyle: mistake\nA:"},
         source="edge_tailor.toyworld.problems",
+        calculator=True,
     )
