@@ -113,6 +113,8 @@ class DistillConfig(Section):
     max_steps: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=1)
     ablation_seeds: int = Field(3, ge=1, description="seeds for the original-vs-aligned teacher comparison")
+    ablation_workers: int = Field(0, ge=0, description="trainings run side by side; 0 = CPU cores / torch threads "
+                                  "(1 on CUDA)")
     use_annotations: bool = Field(False, description="mix TeacherLM-annotated data into SFT")
 
 

@@ -99,6 +99,7 @@ def further_round(cfg: RunConfig, run_dir: RunDir, task, student, preference, nu
     from .prefer import score_drafts
 
     folder = run_dir.stage_dir("align") / f"round{number}"
+    folder.mkdir(parents=True, exist_ok=True)
     stack = adapters(run_dir)
     teacher = load_teacher(cfg, stack=stack)
     _, drafts, elicited = elicit_drafts(cfg, task, teacher, cfg.seed + 1000 * number)
