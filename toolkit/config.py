@@ -113,8 +113,6 @@ class DistillConfig(Section):
     max_steps: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=1)
     ablation_seeds: int = Field(3, ge=1, description="seeds for the original-vs-aligned teacher comparison")
-    ablation_workers: int = Field(0, ge=0, description="trainings run side by side; 0 = CPU cores / torch threads "
-                                  "(1 on CUDA)")
     use_annotations: bool = Field(False, description="mix TeacherLM-annotated data into SFT")
 
 
@@ -144,6 +142,8 @@ class RunConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the target's intra_op_threads")
+    workers: int = Field(0, ge=0, description="processes for independent jobs (the two teachers' data, the ablation "
+                         "trainings); 0 = CPU cores / threads, 1 on CUDA")
     target: str = Field("ci-x86", description="a shipped target name or a path to a target TOML")
     teacher: ModelSpec = ModelSpec(path="embedded:teacher")
     student: ModelSpec = ModelSpec(path="embedded:student")

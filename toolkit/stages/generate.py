@@ -9,6 +9,7 @@ from collections import Counter
 from ..config import RunConfig
 from ..evaluate import binomial_stderr, student_tools
 from ..models import load_model
+from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..scoring import one_shot_accuracy
 from ..tasks import load_task
@@ -60,23 +61,28 @@ def compare_on_held_out(cfg: RunConfig, task, teacher, student, held_out_seeds, 
             "style_mix": {k: round(v / max(1, len(usable)), 3) for k, v in sorted(styles.items())}}
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    folder = run_dir.stage_dir("generate")
+def _teacher_data(cfg: RunConfig, run_dir: RunDir, which: str) -> tuple[list[dict], dict, dict]:
     task = load_task(cfg.task)
     student = load_model(cfg.student, cfg.device)
     seeds, held_out = elicit_seeds(task)
     exclude = held_out_questions(task) + [s.question for s in task.seed]
     preference = [Example(r["question"], r["answer"]) for r in
                   read_jsonl(run_dir.stage_dir("prefer") / "preference_set.jsonl")][: cfg.generate.compare_preference]
-    metrics = {"data": {}, "held_out": {}}
-    data = {}
-    for which in TEACHERS:
-        teacher = load_teacher(cfg, run_dir) if which == "aligned" else load_model(cfg.teacher, cfg.device)
-        data[which], metrics["data"][which] = tailored_data(cfg, task, teacher, task.seed, exclude, cfg.seed)
-        metrics["held_out"][which] = compare_on_held_out(cfg, task, teacher, student, held_out, preference, cfg.seed)
+    teacher = load_teacher(cfg, run_dir) if which == "aligned" else load_model(cfg.teacher, cfg.device)
+    rows, data = tailored_data(cfg, task, teacher, task.seed, exclude, cfg.seed)
+    return rows, data, compare_on_held_out(cfg, task, teacher, student, held_out, preference, cfg.seed)
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    folder = run_dir.stage_dir("generate")
+    workers = worker_count(cfg.device, len(TEACHERS), cfg.workers)
+    results = run_jobs(_teacher_data, {which: (cfg, run_dir, which) for which in TEACHERS}, workers,
+                       f"generate: {len(TEACHERS)} teachers, {workers} at a time")
+    metrics = {"data": {w: results[w][1] for w in TEACHERS}, "held_out": {w: results[w][2] for w in TEACHERS}}
     # The comparison is only fair at the same data budget: both sets are cut to the smaller one.
-    budget = min(len(rows) for rows in data.values())
-    for which, rows in data.items():
-        write_jsonl(folder / f"{which}.jsonl", rows[:budget])
+    budget = min(len(results[w][0]) for w in TEACHERS)
+    for which in TEACHERS:
+        write_jsonl(folder / f"{which}.jsonl", results[which][0][:budget])
     metrics["budget"] = budget
+    metrics["workers"] = workers
     return {"metrics": metrics}
