@@ -88,6 +88,23 @@ def test_question_pairs_come_from_top_and_bottom_quartiles():
         assert p["prompt"].startswith("Questions:\n") and p["prompt"].endswith("New:\nQ:")
 
 
+def test_question_pairs_by_difficulty_never_cross_levels():
+    # easy questions (level 1) all score above hard ones (level 3): unstratified pairs would always
+    # prefer an easy question over a hard one
+    scores = [{"question": f"e{i}", "score": 0.5 + i / 100} for i in range(8)] + \
+             [{"question": f"h{i}", "score": 0.1 + i / 100} for i in range(8)]
+    answers = {s["question"]: "1" for s in scores}
+    level = {s["question"]: 1 if s["question"].startswith("e") else 3 for s in scores}
+    plain = question_pairs(TOY, scores, answers, TOY.seed[:4], 3, 40, random.Random(0))
+    assert all(p["chosen"].startswith(" e") and p["rejected"].startswith(" h") for p in plain)
+    pairs = question_pairs(TOY, scores, answers, TOY.seed[:4], 3, 40, random.Random(0), difficulty=level.get)
+    kinds = {(p["chosen"][1], p["rejected"][1]) for p in pairs}
+    assert kinds == {("e", "e"), ("h", "h")}
+    for p in pairs:  # within a level: top two of eight against bottom two
+        chosen, rejected = int(p["chosen"][2]), int(p["rejected"][2])
+        assert chosen >= 6 and rejected <= 1
+
+
 def test_one_shot_scoring_bookkeeping(monkeypatch):
     questions = [Example("a", "1"), Example("b", "2")]
     demos = [("d1", "r1"), ("d2", "r2")]

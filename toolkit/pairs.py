@@ -1,7 +1,7 @@
 """ARTE's preference pairs (PAPERS.md, step 3).
 
 - question level: the drafting prompt; chosen from the top quartile of questions by s_q,
-  rejected from the bottom quartile;
+  rejected from the bottom quartile (optionally within one difficulty level: see AlignConfig);
 - rationale level: the question's plain prompt *without* the technique instruction (prompt
   erasure); chosen = the best-scored rationale, rejected = the worst.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .drafting import drafting_prompt
 from .tasks.base import Example, Task
@@ -23,12 +23,22 @@ def question_completion(task: Task, question: str, answer: str, index: int) -> s
 
 
 def question_pairs(task: Task, question_scores: Sequence[dict], answers: dict[str, str], seeds: Sequence[Example],
-                   k: int, limit: int, rng: random.Random) -> list[dict]:
-    ranked = sorted(question_scores, key=lambda q: q["score"], reverse=True)
-    quarter = max(1, len(ranked) // 4)
-    top, bottom = ranked[:quarter], ranked[-quarter:]
+                   k: int, limit: int, rng: random.Random,
+                   difficulty: Callable[[str], int] | None = None) -> list[dict]:
+    """Chosen from the top quartile by s_q, rejected from the bottom quartile; with `difficulty`, the
+    quartiles are taken within each difficulty level and a pair never crosses levels."""
+    levels = defaultdict(list)
+    for q in question_scores:
+        levels[difficulty(q["question"]) if difficulty else None].append(q)
+    strata, weights = [], []
+    for group in levels.values():
+        ranked = sorted(group, key=lambda q: q["score"], reverse=True)
+        quarter = max(1, len(ranked) // 4)
+        strata.append((ranked[:quarter], ranked[-quarter:]))
+        weights.append(len(group))  # pairs in proportion to how many drafts sit at each level
     pairs = []
-    for _ in range(min(limit, len(top) * len(bottom))):
+    for _ in range(min(limit, sum(len(top) * len(bottom) for top, bottom in strata))):
+        top, bottom = strata[0] if len(strata) == 1 else rng.choices(strata, weights)[0]
         chosen, rejected = rng.choice(top), rng.choice(bottom)
         if chosen["score"] <= rejected["score"]:
             continue

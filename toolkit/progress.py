@@ -16,8 +16,13 @@ console = Console(stderr=True)
 _progress: Progress | None = None
 
 
+def quiet() -> bool:
+    """Set in worker processes (edge_tailor.parallel), whose parent shows the progress."""
+    return bool(os.environ.get("EDGE_TAILOR_QUIET"))
+
+
 def _enabled() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("EDGE_TAILOR_QUIET")
+    return sys.stderr.isatty() and not quiet()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from peft import LoraConfig as PeftLoraConfig
 from trl import SFTConfig, SFTTrainer
 
 from .config import DistillConfig
+from .progress import quiet
 from .qat import convert_qat, count_fake_quantized, prepare_qat
 
 
@@ -21,7 +22,7 @@ def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SF
                      learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
                      logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
                      data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                     completion_only_loss=True, max_length=256, dataloader_num_workers=0, disable_tqdm=False)
+                     completion_only_loss=True, max_length=256, dataloader_num_workers=0, disable_tqdm=quiet())
 
 
 def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,

@@ -13,6 +13,7 @@ from trl import DPOConfig, DPOTrainer
 from ..config import RunConfig
 from ..models import load_model
 from ..pairs import question_pairs, rationale_pairs
+from ..progress import quiet
 from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..tasks import load_task
 from .elicit import elicit_seeds
@@ -30,7 +31,7 @@ def dpo_config(cfg: RunConfig, output_dir: str) -> DPOConfig:
         loss_weights=[1.0, 1.0] if ac.nll_anchor else None,
         logging_steps=max(1, ac.max_steps // 16) if ac.max_steps > 0 else 5, save_strategy="no", report_to=[],
         seed=cfg.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), max_length=512,
-        dataloader_num_workers=0, disable_tqdm=False)
+        dataloader_num_workers=0, disable_tqdm=quiet())
 
 
 def adapters(run_dir: RunDir) -> list:
@@ -68,6 +69,13 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None 
     return trainer, history
 
 
+def solution_length(cfg: RunConfig, task):
+    """Difficulty = number of solution steps, where the task can solve a question step by step."""
+    if not (cfg.align.question_pairs_by_difficulty and task.solution_steps):
+        return None
+    return lambda question: len(task.solution_steps(question) or [])
+
+
 def build_pairs(cfg: RunConfig, task, drafts: list[dict], question_scores: list[dict], seed: int) -> list[dict]:
     """Question-level pairs (top vs bottom quartile) and rationale-level pairs (prompt erasure), shuffled."""
     answers = {d["question"]: d["answer"] for d in drafts}
@@ -76,7 +84,7 @@ def build_pairs(cfg: RunConfig, task, drafts: list[dict], question_scores: list[
     pairs = []
     if cfg.align.question_pairs:
         pairs += question_pairs(task, question_scores, answers, seeds, cfg.elicit.seeds_per_prompt,
-                                cfg.align.question_pairs_max, rng)
+                                cfg.align.question_pairs_max, rng, difficulty=solution_length(cfg, task))
     if cfg.align.rationale_pairs:
         pairs += rationale_pairs(task, drafts, cfg.align.min_score_gap)
     rng.shuffle(pairs)

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import RunConfig
 from ..evaluate import student_tools
 from ..models import load_model
+from ..parallel import run_jobs, worker_count
 from ..preference_set import choose_items, load_model_results
 from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..scoring import influence_scores, one_shot_accuracy, one_shot_correct
@@ -52,6 +53,26 @@ def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> 
     return [validation[i] for i in keep], selection
 
 
+def _one_shot_scores(cfg: RunConfig, demos: list[tuple[str, str]], preference: list[Example]) -> list[float]:
+    task, student = load_task(cfg.task), load_model(cfg.student, cfg.device)
+    return one_shot_accuracy(student.model, student.tokenizer, task, demos, preference, **_score_args(cfg, task))
+
+
+def one_shot_scores(cfg: RunConfig, task, student, demos: list[tuple[str, str]], preference: list[Example]):
+    """s_r of every demo; on a multi-core CPU the demos are split across worker processes."""
+    workers = worker_count(cfg.device, len(demos), cfg.workers)
+    if workers == 1:
+        return one_shot_accuracy(student.model, student.tokenizer, task, demos, preference,
+                                 description="scoring drafts (one-shot)", **_score_args(cfg, task))
+    chunks = [demos[i::workers] for i in range(workers)]
+    done = run_jobs(_one_shot_scores, {i: (cfg, chunk, preference) for i, chunk in enumerate(chunks)}, workers,
+                    f"scoring {len(demos)} drafts (one-shot), {workers} processes")
+    scores = [0.0] * len(demos)
+    for i in range(workers):
+        scores[i::workers] = done[i]
+    return scores
+
+
 def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: list[Example]):
     """Score every well-formed draft (s_r) and every question (s_q: mean over its rationales)."""
     usable = [d for d in drafts if d["well_formed"]]
@@ -59,8 +80,7 @@ def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: 
     if not demos:
         scores = []
     elif cfg.prefer.scorer == "in_context":
-        scores = one_shot_accuracy(student.model, student.tokenizer, task, demos, preference,
-                                   description="scoring drafts (one-shot)", **_score_args(cfg, task))
+        scores = one_shot_scores(cfg, task, student, demos, preference)
     else:
         scores = influence_scores(student.model, student.tokenizer, task, demos, preference[:32])
     for d, s in zip(usable, scores):
