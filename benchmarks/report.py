@@ -22,8 +22,14 @@ def _acc(record: dict | None, *path) -> float | None:
 
 def stage_summaries(rec: dict[str, dict]) -> dict[str, str]:
     """One line per stage with the counts a reader checks first."""
-    e, p, a, g, d, x = (rec.get(k, {}) for k in ("elicit", "prefer", "align", "generate", "distill", "export"))
+    b, e, p, a, g, d, ab, x = (rec.get(k, {}) for k in ("baseline", "elicit", "prefer", "align", "generate", "distill",
+                                                          "ablation", "export"))
     out = {}
+    world = b.get("world") or {}
+    if world.get("one_shot_spread") is not None:
+        out["baseline"] = (f"one-shot student accuracy across demonstration styles spreads "
+                           f"{100 * world['one_shot_spread']:.1f} points; sampling error of one score "
+                           f"{100 * world['one_shot_sampling_stderr']:.1f} points")
     if e:
         out["elicit"] = (f"{e['questions_kept']} of {e['raw_questions']} drafted questions kept "
                          f"(dropped {e['questions_dropped']}); {e['rationales']} rationales, "
@@ -37,11 +43,15 @@ def stage_summaries(rec: dict[str, dict]) -> dict[str, str]:
         out["align"] = a.get("skipped") or (f"{a['pairs']} pairs, {a.get('steps')} DPO steps, reward margin "
                                              f"{margins[0]} -> {margins[-1]}")
     if g:
-        out["generate"] = f"{g.get('budget')} training examples per teacher (equal budgets)"
+        out["generate"] = (f"{g.get('budget')} training examples per teacher (equal budgets); "
+                           f"{g.get('workers', 1)} process(es)")
     if d:
         out["distill"] = (f"{d['training']['steps']} LoRA steps on {d['training']['examples']} examples, "
                           f"QAT {'on' if d.get('qat') else 'off'} ({d['training']['fake_quantized_linears']} "
                           "fake-quantized linears)")
+    if ab.get("original_teacher"):
+        out["ablation"] = (f"{2 * len(ab['original_teacher']['seeds']) - 1} trainings besides `distill`'s, "
+                           f"{ab.get('workers', 1)} at a time")
     if x:
         out["export"] = (f"parity max logit diff {x['parity']['max_abs_logit_diff']:.1e}, greedy "
                          f"{x['parity']['greedy_match']}/{x['parity']['prompts']}; quantization '{x['chosen']}'")
@@ -144,6 +154,19 @@ def plots(report: dict, folder: Path) -> list[str]:
     return ["accuracy.png", "accuracy_latency.png"]
 
 
+def ablation_verdict(ab: dict) -> str:
+    """One sentence: the aligned-minus-original difference against its standard error over seeds."""
+    a, o = ab["aligned_teacher"], ab["original_teacher"]
+    diff = a["mean"] - o["mean"]
+    se = (a["std"] ** 2 / len(a["seeds"]) + o["std"] ** 2 / len(o["seeds"])) ** 0.5
+    if se == 0:
+        return f"Aligned minus original teacher's data: {100 * diff:+.1f} points (one seed each: no spread to judge by)."
+    verdict = ("the aligned teacher's data taught more" if diff > 2 * se else
+               "the original teacher's data taught more" if diff < -2 * se else "no difference beyond seed noise")
+    return (f"Aligned minus original teacher's data: {100 * diff:+.1f} points, standard error over seeds "
+            f"{100 * se:.1f} points: {verdict}.")
+
+
 def markdown(report: dict, plot_folder: str) -> str:
     acc, lat, ab = report["accuracy"], report["latency"], report["ablation"]
     verdict = "PASSED" if report["passed"] else "FAILED"
@@ -167,14 +190,19 @@ def markdown(report: dict, plot_folder: str) -> str:
         if ab.get(key):
             lines.append(f"| {key.replace('_', ' ')}'s data | {_fmt(ab[key]['mean'])} | {_fmt(ab[key]['std'])} | "
                          f"{', '.join(_fmt(s) for s in ab[key]['seeds'])} |")
+    if ab.get("original_teacher") and ab.get("aligned_teacher"):
+        lines += ["", ablation_verdict(ab)]
     held = (report.get("alignment") or {}).get("held_out") or {}
     if held:
         lines += ["", "What alignment changed in the teacher's drafts (held-out seeds):", "",
-                  "| teacher | mean preference score | stderr | well-formed | style mix | mean chars |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| teacher | mean preference score | stderr | well-formed questions | well-formed rationales "
+                  "| style mix | mean chars |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for key, h in held.items():
+            styles = ", ".join(f"{name} {100 * share:.0f}%" for name, share in
+                               sorted((h.get("style_mix") or {}).items(), key=lambda kv: -kv[1])) or "-"
             lines.append(f"| {key} | {h['mean_preference_score']:.3f} | {h['stderr']:.3f} | "
-                         f"{_fmt(h['well_formed_rationale_share'])} | {h.get('style_mix')} | {h['mean_rationale_chars']} |")
+                         f"{_fmt(h.get('well_formed_question_share'))} | {_fmt(h['well_formed_rationale_share'])} | "
+                         f"{styles} | {h['mean_rationale_chars']} |")
     ref = lat.get("reference") or {}
     lines += ["", "## Latency (edge runtime, target threads)", "", "| figure | value |", "| --- | --- |"]
     for key in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s", "prompt_tokens_per_s",
