@@ -137,7 +137,7 @@ def generate_problem(rng: random.Random, n_ops: int) -> Problem:
 
 
 # The task asks for up to three steps and weighs the longer ones most: the student's own pretraining
-# (STUDENT_OP_WEIGHTS in build.py) stops at two steps, so the third is what the teacher's data must teach.
+# (WorldSpec.student_op_weights in build.py) stops at two steps, so the third is what the teacher's data must teach.
 TASK_OP_WEIGHTS = (0.2, 0.3, 0.5)
 
 
