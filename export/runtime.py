@@ -50,8 +50,8 @@ _KV_CACHE_META = "edge_tailor.kv_cache"  # "shared": past and present may be one
 # (new tokens of each row so far, scores [batch, vocab]) -> scores
 LogitsProcessor = Callable[[list[list[int]], np.ndarray], np.ndarray]
 
-_EQUATION_TAIL = re.compile(r"(\d+)\s*([+\-*/x])\s*(\d+)\s*=\s?(\d*)$")
-_FINAL_TAIL = re.compile(r"####\s(\d*)$")
+_EQUATION_TAIL = re.compile(r"(\d+)\s*([+\-*/x])\s*(\d+)\s*=\s?(-?\d*)$")
+_FINAL_TAIL = re.compile(r"####\s(-?\d*)$")
 _RESULT = re.compile(r"=\s*(-?\d+)")
 
 

@@ -15,6 +15,7 @@ from edge_tailor.export.runtime import calculator_next
     (" 14*6=", "84"), (" 14*6=8", "4"), (" 14*6=84", None), (" 14*6=85", None),
     (" 81/3=", "27"), (" 9/2=", None), (" 5-9=", "-4"), (" 12 + 70 =", "82"),
     (" 12+70=82. 82-5=77. #### ", "77"), (" 12+70=82. #### 8", "2"), (" 12+70=82. #### 82", None),
+    (" 5-9=-", "4"), (" 3-5=-2. #### -", "2"),  # a negative result written one token at a time
     (" #### ", None), ("no equation here", None), (" 3+4=7. 7", None),
 ])
 def test_calculator_next(text, expected):

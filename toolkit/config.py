@@ -111,8 +111,19 @@ class LoraConfig(Section):
     target_modules: list[str] | str = "all-linear"
 
 
+class LogitDistillationConfig(Section):
+    enabled: bool = Field(False, description="train the student on the teacher's next-token distributions (trl "
+                          "GKDTrainer) instead of cross-entropy on its text; needs one shared vocabulary")
+    beta: float = Field(0.5, ge=0, le=1, description="generalized JSD: 0 = forward KL, 1 = reverse KL")
+    lmbda: float = Field(0.0, ge=0, le=1, description="share of steps on the student's own sampled completions "
+                         "(on-policy GKD); 0 = the tailored data only")
+    temperature: float = Field(0.9, gt=0, description="sampling temperature of on-policy completions")
+    max_new_tokens: int = Field(64, ge=1, description="length of on-policy completions")
+
+
 class DistillConfig(Section):
     lora: LoraConfig = LoraConfig()
+    logit_distillation: LogitDistillationConfig = LogitDistillationConfig()
     qat: bool = Field(True, description="fake-quantize as the target's quant block says (False: plain LoRA SFT)")
     learning_rate: float = Field(2e-3, gt=0)
     max_steps: int = Field(300, ge=1)

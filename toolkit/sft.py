@@ -16,26 +16,37 @@ from .progress import quiet
 from .qat import convert_qat, count_fake_quantized, prepare_qat
 
 
-def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SFTConfig:
+def sft_arguments(dc: DistillConfig, output_dir: str, seed: int, device: str) -> dict:
     cuda = torch.cuda.is_available() and device != "cpu"
-    return SFTConfig(output_dir=output_dir, max_steps=dc.max_steps, per_device_train_batch_size=dc.batch_size,
-                     learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
-                     logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
-                     data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                     completion_only_loss=True, max_length=256, dataloader_num_workers=0, disable_tqdm=quiet())
+    return dict(output_dir=output_dir, max_steps=dc.max_steps, per_device_train_batch_size=dc.batch_size,
+                learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
+                logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
+                data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                max_length=256, dataloader_num_workers=0, disable_tqdm=quiet())
+
+
+def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SFTConfig:
+    return SFTConfig(**sft_arguments(dc, output_dir, seed, device), completion_only_loss=True)
 
 
 def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
-                device: str = "auto", workdir: Path) -> SFTTrainer:
-    """LoRA SFT, under the target's fake quantization when `quant` is given; returns the trainer."""
+                device: str = "auto", workdir: Path, teacher=None) -> SFTTrainer:
+    """LoRA SFT, under the target's fake quantization when `quant` is given; with `teacher`, the loss is
+    logit distillation from it (trl's GKDTrainer) instead of cross-entropy on the completion."""
     torch.manual_seed(seed)
     if quant is not None:
         prepare_qat(model, quant)
     lora = PeftLoraConfig(r=dc.lora.r, lora_alpha=dc.lora.alpha, lora_dropout=dc.lora.dropout,
                           target_modules=dc.lora.target_modules, task_type="CAUSAL_LM")
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    trainer = SFTTrainer(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
-                         processing_class=tokenizer, peft_config=lora)
+    if teacher is not None:
+        from .logit_kd import gkd_trainer
+
+        kwargs = sft_arguments(dc, str(workdir), seed, device) | {"dataset_kwargs": {"skip_prepare_dataset": True}}
+        trainer = gkd_trainer(model, teacher, tokenizer, data, kwargs, dc.logit_distillation, lora)
+    else:
+        trainer = SFTTrainer(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
+                             processing_class=tokenizer, peft_config=lora)
     trainer.train()
     return trainer
 
@@ -50,12 +61,14 @@ def merge_student(trainer: SFTTrainer) -> torch.nn.Module:
 
 
 def train_student(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
-                  device: str = "auto", workdir: Path) -> tuple[torch.nn.Module, dict]:
-    trainer = fit_adapter(model, tokenizer, rows, dc, quant=quant, seed=seed, device=device, workdir=workdir)
+                  device: str = "auto", workdir: Path, teacher=None) -> tuple[torch.nn.Module, dict]:
+    trainer = fit_adapter(model, tokenizer, rows, dc, quant=quant, seed=seed, device=device, workdir=workdir,
+                          teacher=teacher)
     record = {"examples": len(rows), "steps": trainer.state.global_step,
               "loss": [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h],
               "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-              "fake_quantized_linears": count_fake_quantized(trainer.model)}
+              "fake_quantized_linears": count_fake_quantized(trainer.model),
+              "loss_kind": "logit distillation (GKD)" if teacher is not None else "cross-entropy on the completion"}
     merged = merge_student(trainer)
     shutil.rmtree(workdir, ignore_errors=True)
     return merged, record

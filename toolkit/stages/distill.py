@@ -23,6 +23,18 @@ def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
     return rows
 
 
+def kd_teacher(cfg: RunConfig, run_dir: RunDir, which: str, student):
+    """The teacher whose data this is (aligned or original), when logit distillation is on."""
+    if not cfg.distill.logit_distillation.enabled:
+        return None
+    from ..logit_kd import check_shared_vocabulary
+    from .align import load_teacher
+
+    teacher = load_teacher(cfg, run_dir) if which == "aligned" else load_model(cfg.teacher, cfg.device)
+    check_shared_vocabulary(student.model, teacher.model, cfg.student.path, cfg.teacher.path)
+    return teacher.model
+
+
 def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, qat: bool):
     task = load_task(cfg.task)
     rows = training_rows(cfg, run_dir, teacher)
@@ -33,8 +45,8 @@ def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: in
                          "no training examples: the teacher wrote no answer-consistent data (see the generate record)")
     student = load_model(cfg.student, cfg.device)
     quant = load_target(cfg.target).quant if qat else None
-    model, record = train_student(student.model, student.tokenizer, rows,
-                                  cfg.distill, quant=quant, seed=seed, device=cfg.device, workdir=workdir)
+    model, record = train_student(student.model, student.tokenizer, rows, cfg.distill, quant=quant, seed=seed,
+                                  device=cfg.device, workdir=workdir, teacher=kd_teacher(cfg, run_dir, teacher, student))
     ev = cfg.evaluate
     result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
                             max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
