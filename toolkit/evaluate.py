@@ -15,6 +15,10 @@ def student_tools(calculator: bool | None, task: Task) -> ToolSettings | None:
     return ToolSettings(calculator=True, grounding=False) if on else None
 
 
+def student_uses_calculator(cfg, task: Task) -> bool:
+    return student_tools(cfg.evaluate.calculator, task) is not None
+
+
 def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 

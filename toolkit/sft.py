@@ -68,6 +68,7 @@ def train_student(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quan
               "loss": [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h],
               "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
               "fake_quantized_linears": count_fake_quantized(trainer.model),
+              "trainer": type(trainer).__name__,
               "loss_kind": "logit distillation (GKD)" if teacher is not None else "cross-entropy on the completion"}
     merged = merge_student(trainer)
     shutil.rmtree(workdir, ignore_errors=True)

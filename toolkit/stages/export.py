@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 
 from ..config import RunConfig
-from ..evaluate import binomial_stderr, student_tools
+from ..evaluate import binomial_stderr, student_uses_calculator
 from ..progress import console
 from ..rundir import RunDir
 from ..target import load_target, target_path
@@ -22,7 +22,7 @@ def edge_accuracy(model_dir, task, examples, cfg: RunConfig, model_file: str = "
     from ..export.runtime import Calculator, EdgeModel
 
     if calculator is None:
-        calculator = student_tools(cfg.evaluate.calculator, task) is not None
+        calculator = student_uses_calculator(cfg, task)
     model = EdgeModel.load(model_dir, model_file=model_file)
     prompts = [task.prompt(ex.question) for ex in examples]
     results = model.generate_batch(prompts, max_new_tokens=cfg.evaluate.max_new_tokens, stop=list(task.style.stop),

@@ -4,7 +4,7 @@ ships (verified after it is written)."""
 from __future__ import annotations
 
 from ..config import RunConfig
-from ..evaluate import student_tools
+from ..evaluate import student_uses_calculator
 from ..rundir import RunDir, write_json_atomic
 from ..target import target_path
 from ..tasks import load_task
@@ -22,9 +22,11 @@ def write_report(run_dir: RunDir, target: str) -> dict:
     return report
 
 
-def card_info(cfg: RunConfig, report: dict, calculator: bool) -> dict:
+def card_info(cfg: RunConfig, report: dict, calculator: bool, training: dict) -> dict:
+    """Model-card fields; `training` is the `distill` record's (the data and loss the shipped student saw)."""
     ab = report["ablation"]
     aligned = ab.get("aligned_teacher") or {}
+    temperature = cfg.generate.rationale_temperature
     return {
         "task": cfg.task.name, "base_model": cfg.student.path,
         "intended_use": f"Answering `{cfg.task.name}` questions on the device described by target `{cfg.target}`, "
@@ -32,10 +34,12 @@ def card_info(cfg: RunConfig, report: dict, calculator: bool) -> dict:
                         + (", with its calculator filling in the results of the model's equations "
                            "(`edge_runtime.py --calculator auto`); every accuracy here was measured that way."
                            if calculator else "."),
-        "training_data": f"{cfg.generate.examples} examples written by the teacher (`{cfg.teacher.path}`) after ARTE "
-                         "alignment to this student (DPO on the student's one-shot preferences); greedy rationales "
-                         "kept only when their answer matched the task's solver.",
-        "method": f"LoRA (r={cfg.distill.lora.r}) fine-tuning with trl's SFTTrainer"
+        "training_data": f"{training.get('examples')} examples written by the teacher (`{cfg.teacher.path}`) after "
+                         "ARTE alignment to this student (DPO on the student's one-shot preferences); "
+                         + ("greedy rationales" if temperature == 0 else f"rationales sampled at temperature {temperature}")
+                         + " kept only when their answer matched the task's solver.",
+        "method": f"LoRA (r={cfg.distill.lora.r}) fine-tuning with trl's {training.get('trainer', 'SFTTrainer')} "
+                  f"(loss: {training.get('loss_kind', 'cross-entropy on the completion')})"
                   + (" under torchao fake quantization matching the target's INT8 scheme" if cfg.distill.qat else "")
                   + "; merged, exported with Optimum (text-generation-with-past), quantized with ONNX Runtime. "
                   f"ARTE ablation: aligned-teacher data {aligned.get('mean')} vs original-teacher data "
@@ -49,9 +53,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     report = write_report(run_dir, cfg.target)
     bundle = run_dir.root / "bundle"
     task = load_task(cfg.task)
-    calculator = student_tools(cfg.evaluate.calculator, task) is not None
+    calculator = student_uses_calculator(cfg, task)
+    training = run_dir.record("distill")["metrics"]["training"]
     make_bundle(run_dir.stage_dir("export") / "quantized", target_path(cfg.target), bundle, report,
-                card_info(cfg, report, calculator),
+                card_info(cfg, report, calculator, training),
                 decoding={"calculator": calculator, "prompt": task.style.query, "stop": list(task.style.stop)})
     verified = verify_bundle(bundle, target_path(cfg.target))
     return {"metrics": {"passed": report["passed"], "verified": bool(verified)},
