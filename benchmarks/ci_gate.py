@@ -1,5 +1,5 @@
-"""The project's own CI latency gate: export the embedded student, quantize it for `ci-x86`,
-and check the target's relative latency budget (edge runtime INT8 vs PyTorch fp32 eager on the
+"""The project's own CI latency gate: export the embedded student, build the graph the target
+ships (attention-fused unless it says otherwise), quantize it for `ci-x86`, and check the target's relative latency budget (edge runtime INT8 vs PyTorch fp32 eager on the
 same model, interleaved in one process). A change that slows the edge runtime fails CI.
 
     python -m edge_tailor.benchmarks.ci_gate [--out DIR] [--target ci-x86]
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                              "2-thread pool 17x but ORT's 8x, which would hide a regression)")
     args = parser.parse_args(argv)
 
+    from edge_tailor.export.fusion import graph_to_ship
     from edge_tailor.export.onnx_export import export_onnx
     from edge_tailor.export.runtime import EdgeModel
     from edge_tailor.export.quantize import quantize_for_target
@@ -41,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(resolve_model_path(args.model))
     shutil.rmtree(args.out, ignore_errors=True)
     export_onnx(model_dir, args.out / "fp32")
-    quantize_for_target(args.out / "fp32", args.out / "int8", target)
-    shutil.copy2(target_path(args.target), args.out / "int8" / "target.toml")
     task = toy_task()
+    graph_dir, graph = graph_to_ship(args.out / "fp32", args.out / "fused", target.export.attention,
+                                     [task.prompt(ex.question) for ex in task.test[:8]])
+    print(f"graph: {json.dumps(graph)}")
+    quantize_for_target(graph_dir, args.out / "int8", target)
+    shutil.copy2(target_path(args.target), args.out / "int8" / "target.toml")
     ids = bench_prompt(EdgeModel.load(args.out / "int8"), target.bench.prompt_tokens,
                        "".join(task.prompt(ex.question) for ex in task.test[:8]))
     reference = interleaved(model_dir, args.out / "int8", ids, target.bench.new_tokens, args.threads,

@@ -38,6 +38,9 @@ def check_budgets(report: dict, target: Target, source: str = "report.json",
         value = measured_value(report, b.name, source)
         out[b.name] = {"limit": b.limit, "measured": value, "passed": value <= b.limit, "kind": b.kind,
                        "unit": b.unit}
+        kernel = report.get("kernel") or {}
+        if b.name == "max_accuracy_drop" and kernel and not (kernel.get("exact_on_host") and kernel.get("same_arch")):
+            out[b.name]["measured_on"] = f"host kernel {kernel['host_kernel']}, not the device's"
     return out
 
 
@@ -69,6 +72,16 @@ def gate(run_dir: str | Path, target: str | None = None) -> tuple[bool, dict[str
     return all(r["passed"] for r in results.values()), results, tgt
 
 
+def kernel_summary(report: dict) -> str:
+    """One line: the CPU the report's INT8 figures were measured on, against the target's kernel."""
+    kernel = report.get("kernel")
+    if not kernel:
+        return "INT8 kernel: not recorded in this report (made before edge-tailor recorded it)"
+    lead = "INT8 kernel" if kernel.get("exact_on_host") and kernel.get("same_arch") else \
+        "WARNING: INT8 figures measured on a kernel other than the device's"
+    return f"{lead}: {kernel['host_cpu']}, {kernel['note']}"
+
+
 def print_table(results: dict[str, dict], target: Target) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -78,5 +91,6 @@ def print_table(results: dict[str, dict], target: Target) -> None:
         table.add_column(col)
     for name, r in results.items():
         mark = "[green]yes[/green]" if r["passed"] else "[red]NO[/red]"
-        table.add_row(name, r["kind"], f"{r['limit']:g} {r['unit']}", f"{r['measured']:g}", mark)
+        measured = f"{r['measured']:g}" + (f" ({r['measured_on']})" if r.get("measured_on") else "")
+        table.add_row(name, r["kind"], f"{r['limit']:g} {r['unit']}", measured, mark)
     Console().print(table)

@@ -106,6 +106,7 @@ def _weight_only_target(bits: int, block: int = 128):
 
     data = load_target("ci-x86").model_dump()
     data["target"]["name"] = f"ci-x86-w{bits}-b{block}"
+    data["quant"]["reduce_range"] = False  # 8-bit weight-only blocks keep all 8 bits
     data["quant"].update(weights={"dtype": "int4" if bits == 4 else "int8", "symmetric": True,
                                   "granularity": "per_group", "group_size": block},
                          activations={"dtype": "none", "symmetric": False, "granularity": "per_token",
@@ -117,7 +118,8 @@ def _weight_only_target(bits: int, block: int = 128):
 def prepare(out: Path, size: ModelSize, log: Callable[[str], None]) -> dict:
     """Build, export and quantize what is missing under ``out``; return the folders and what each step took."""
     from edge_tailor.export.onnx_export import copy_side_files, export_onnx
-    from edge_tailor.export.quantize import fuse_graph, quantize_for_target
+    from edge_tailor.export.fusion import fuse_graph
+    from edge_tailor.export.quantize import quantize_for_target
 
     dirs = {name: out / name for name in ("model", "fp32", "int8", "ort-int8", "fused-fp32", "fused-int8", "fused-q8",
                                           "fused-q4", "fused-q4-b256")}

@@ -33,7 +33,7 @@ def interleaved(model_dir: Path, bundle: Path, prompt_ids: list[int], new_tokens
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     edge = EdgeModel.load(bundle, threads=threads, model_file=model_file)
     edge.eos_ids = []
     torch_ms, edge_ms = [], []

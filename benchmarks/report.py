@@ -91,7 +91,11 @@ def assemble(run: RunDir, target_name: str) -> dict:
         "alignment": {"held_out": rec["generate"].get("held_out"), "pairs": rec["align"].get("pairs"),
                       "reward_margin": rec["align"].get("reward_margin")},
         "export": {"parity": export.get("parity"), "fallback": export.get("chosen"),
-                   "weight_only": export.get("weight_only")},
+                   "weight_only": export.get("weight_only"),
+                   # what the shipped file is: the final attempt's quantization (the card describes this)
+                   "quantization": (export.get("attempts") or [{}])[-1].get("quantization")},
+        # the CPU the INT8 accuracy was measured on, against the target's kernel (edge_tailor.hostcpu)
+        "kernel": export.get("kernel") or bench.get("kernel"),
         "stages": {s: info.get("seconds") for s, info in run.manifest().get("stages", {}).items()},
         "stage_summary": stage_summaries(rec),
     }
@@ -176,8 +180,14 @@ def markdown(report: dict, plot_folder: str) -> str:
              + f". Student INT8 accuracy {_fmt(acc['student_int8'])}, "
              f"{_fmt(lat.get('ms_per_token_p50'), False)} ms/token p50 on the edge runtime.", "",
              "## Accuracy (test split)", "", "| model | accuracy | sampling error |", "| --- | --- | --- |"]
+    kernel = report.get("kernel") or {}
+    foreign = kernel and not (kernel.get("exact_on_host") and kernel.get("same_arch"))
     for name in ("teacher", "student_before", "student_fp32", "student_int8"):
-        lines.append(f"| {name} | {_fmt(acc[name])} | {_fmt(acc['stderr'].get(name))} |")
+        label = f"{name} (host kernel differs from the device's)" if name == "student_int8" and foreign else name
+        lines.append(f"| {label} | {_fmt(acc[name])} | {_fmt(acc['stderr'].get(name))} |")
+    if kernel:
+        lines += ["", f"INT8 measured on {kernel['host_cpu']} (ONNX Runtime kernel `{kernel['host_kernel']}`; "
+                  f"target ISA `{kernel['target_isa']}`): {kernel['note']}."]
     if acc.get("student_tools") not in (None, "none"):
         lines += ["", f"The student decodes with tools: {acc['student_tools']} (it fills in the results of the "
                   "student's own `a op b=` equations; the student chooses the numbers and operations). The teacher "

@@ -1,10 +1,15 @@
 """The bundle: the one folder that ships to a device, and ``verify_bundle`` that re-checks it.
 
 A bundle holds the quantized model(s), tokenizer, config and generation config, the target file,
-``edge_runtime.py`` (a copy of ``runtime.py``: onnxruntime + numpy + tokenizers only), the
-measured ``report.json``, a model card (``README.md``) and, written last, ``manifest.json`` with
-the sha256 of every other file, the target's name and hash, and the greedy tokens of a smoke
-decode that ``verify_bundle`` must reproduce. It loads as it is in Optimum's ``ORTModelForCausalLM``.
+``edge_runtime.py`` (a copy of ``runtime.py``: onnxruntime + numpy + tokenizers only),
+``genai_config.json`` (so onnxruntime-genai runs ``model.onnx`` too: ``genai_config.py``), the
+measured ``report.json``, a model card (``README.md``), ``manifest.json`` with the sha256 of every
+other file, the target's name and hash, and the greedy tokens of a smoke decode that
+``verify_bundle`` must reproduce, and, written last, ``manifest.sha256`` (the sha256 of
+manifest.json, as ``sha256sum`` writes it). It loads as it is in Optimum's ``ORTModelForCausalLM``.
+
+The bundle is assembled in a temporary sibling folder and renamed into place only when complete,
+so an interrupted bundling leaves the previous bundle (or nothing) behind, never half a bundle.
 
 Usage::
 
@@ -14,8 +19,11 @@ Usage::
 
 from __future__ import annotations
 
-import json
+import os
+import re
+import secrets
 import shutil
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -25,27 +33,47 @@ from edge_tailor.rundir import sha256_file, write_json_atomic
 from edge_tailor.target import Target, load_target, target_hash, target_path
 
 from . import runtime
+from .genai_config import GENAI_CONFIG, write_genai_config
 from .model_card import render_model_card
 from .onnx_export import SIDE_FILES
 
 FORMAT = "edge-tailor-bundle/1"
-MANIFEST = "manifest.json"
+MANIFEST = runtime.MANIFEST
+MANIFEST_SHA = runtime.MANIFEST_SHA
 SMOKE_PROMPT = "Hello"
 SMOKE_TOKENS = 8
-# Written by Python itself when edge_runtime.py is imported from inside the bundle.
-_IGNORED_DIRS = {"__pycache__"}
 
 
 def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir: str | Path, report: dict,
-                card_info: dict, smoke_prompt: str | None = None, decoding: dict | None = None) -> Path:
-    """Assemble the bundle in ``out_dir`` (which must be empty, absent or an older bundle)."""
-    quantized_dir, out_dir = Path(quantized_dir), Path(out_dir)
+                card_info: dict, smoke_prompt: str | None = None, decoding: dict | None = None,
+                replace_partial: bool = False) -> Path:
+    """Assemble the bundle and move it to ``out_dir`` (absent, empty or an older bundle, which it replaces).
+
+    A non-empty ``out_dir`` without a manifest.json is refused, unless ``replace_partial`` (the
+    caller owns ``out_dir``, e.g. a run's ``bundle/``: whatever is there is replaced).
+    """
+    quantized_dir, given = Path(quantized_dir), out_dir
+    out_dir = Path(os.path.abspath(out_dir))
     target_file, target = _target_file(target)
     models = sorted(p.name for p in quantized_dir.glob("*.onnx"))
     if "model.onnx" not in models:
         raise ArtifactError(quantized_dir, "model.onnx", "missing: run quantize_for_target first")
-    _prepare(out_dir)
+    _check_out_dir(out_dir, replace_partial)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_temp_prefix(out_dir, "tmp")))
+    try:
+        os.chmod(work, 0o755)  # mkdtemp makes 0700; a bundle is meant to be shared
+        _assemble(work, quantized_dir, models, target_file, target, report, card_info, smoke_prompt, decoding)
+        _move_into_place(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Path(given)
 
+
+def _assemble(out_dir: Path, quantized_dir: Path, models: list[str], target_file: Path, target: Target,
+              report: dict, card_info: dict, smoke_prompt: str | None, decoding: dict | None) -> None:
     for name in models + [p.name for p in quantized_dir.glob("*.onnx_data")]:
         shutil.copy2(quantized_dir / name, out_dir / name)
     for name in SIDE_FILES:
@@ -60,6 +88,9 @@ def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir:
     prompt = smoke_prompt or card_info.get("smoke_prompt") or SMOKE_PROMPT
     smoke = {"prompt": prompt, "max_new_tokens": SMOKE_TOKENS,
              "tokens": {m: _smoke_decode(out_dir, m, prompt) for m in models}}
+    # for model.onnx only (genai reads one genai_config.json per folder); the other model files share
+    # its inputs and cache layout: point genai at one with Config.overlay (genai_config.py's docstring)
+    write_genai_config(out_dir, "model.onnx", target)
     (out_dir / "README.md").write_text(render_model_card(target, report, card_info, _sizes(out_dir, models)),
                                        encoding="utf-8")
 
@@ -68,33 +99,31 @@ def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir:
     manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "target": {"name": target.name, "hash": target_hash(target), "file": "target.toml"},
                 "model_file": "model.onnx", "models": models, "runtime": "edge_runtime.py",
+                "genai_config": GENAI_CONFIG,  # onnxruntime-genai's config, for model_file
                 # how the student was scored and should be decoded (read by edge_runtime.py --calculator auto)
                 "decoding": {"calculator": False, **(decoding or {})},
                 "versions": _versions(), "smoke": smoke, "files": files}
     write_json_atomic(out_dir / MANIFEST, manifest)
-    return out_dir
+    (out_dir / MANIFEST_SHA).write_text(f"{sha256_file(out_dir / MANIFEST)}  {MANIFEST}\n", encoding="utf-8")
 
 
-def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = None) -> dict:
-    """Re-check every file's hash, the file list, the target, and the recorded smoke decode.
+def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = None, digest: str | None = None) -> dict:
+    """Re-check every file's hash (manifest.json's against manifest.sha256, and ``digest`` when given),
+    the file list, the target, and the recorded smoke decode.
 
     Raises ``ArtifactError`` naming the file for a changed byte, a missing or unlisted file, a bundle
-    built for another target, or greedy tokens that differ from the ones recorded at bundling.
+    built for another target, or greedy tokens that differ from the ones recorded at bundling. The
+    result's ``manifest_sha256`` is the digest to pin (``tailor verify BUNDLE --digest HEX``).
     """
     bundle = Path(bundle_dir)
-    manifest = _read_manifest(bundle)
+    if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest.strip().lower()):
+        raise InputError("--digest", None, f"{digest!r} is not a sha256 digest (64 hex digits)")
+    try:
+        manifest_sha, manifest = runtime.verify_files(bundle, digest)
+    except runtime.BundleError as e:
+        raise ArtifactError(e.path, e.where, e.problem) from None
+    _check_format(bundle / MANIFEST, manifest)
     listed = manifest["files"]
-    for name, entry in listed.items():
-        path = bundle / name
-        if not path.is_file():
-            raise ArtifactError(path, None, "missing: listed in manifest.json")
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise ArtifactError(path, "sha256", f"hash mismatch: manifest says {entry['sha256'][:16]}..., "
-                                                f"file is {actual[:16]}... (changed after bundling)")
-    for path in _bundle_files(bundle):
-        if path.relative_to(bundle).as_posix() not in listed:
-            raise ArtifactError(path, None, "not listed in manifest.json (added after bundling)")
 
     recorded = manifest["target"]
     shipped = load_target(bundle / recorded["file"])
@@ -111,12 +140,12 @@ def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = N
 
     smoke = manifest["smoke"]
     for model, expected_tokens in smoke["tokens"].items():
-        tokens = _smoke_decode(bundle, model, smoke["prompt"])
+        tokens = _smoke_decode(bundle, model, smoke["prompt"], verify=False)  # just verified
         if tokens != expected_tokens:
             raise ArtifactError(bundle / model, "smoke decode",
                                 f"greedy tokens {tokens} differ from {expected_tokens} recorded at bundling")
     return {"bundle": str(bundle), "target": shipped.name, "files": len(listed), "models": list(smoke["tokens"]),
-            "smoke_tokens": smoke["tokens"], "passed": True}
+            "smoke_tokens": smoke["tokens"], "manifest_sha256": manifest_sha, "passed": True}
 
 
 def _target_file(target: Target | str | Path) -> tuple[Path, Target]:
@@ -133,39 +162,62 @@ def _target_file(target: Target | str | Path) -> tuple[Path, Target]:
     return path, target
 
 
-def _prepare(out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / MANIFEST).is_file():
-            raise InputError(out_dir, None, "exists and is not empty (nor an older bundle): refusing to overwrite")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _temp_prefix(out_dir: Path, kind: str) -> str:
+    return f".{out_dir.name}.{kind}-"
+
+
+def _check_out_dir(out_dir: Path, replace_partial: bool) -> None:
+    if replace_partial or not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if not out_dir.is_dir():
+        raise InputError(out_dir, None, "exists and is not a folder: refusing to overwrite")
+    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise InputError(out_dir, None, "exists and is not empty (nor an older bundle): refusing to overwrite")
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary folders of an earlier make_bundle into ``out_dir`` that was killed before it cleaned up."""
+    prefixes = tuple(_temp_prefix(out_dir, kind) for kind in ("tmp", "old"))
+    for path in out_dir.parent.iterdir():
+        if path.name.startswith(prefixes) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _move_into_place(work: Path, out_dir: Path) -> None:
+    """Rename the finished bundle to ``out_dir``; an older one there is renamed aside first, then deleted."""
+    old = None
+    if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    elif out_dir.exists() or out_dir.is_symlink():
+        old = out_dir.with_name(_temp_prefix(out_dir, "old") + secrets.token_hex(4))
+        os.rename(out_dir, old)
+    try:
+        os.rename(work, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
 
 
 def _bundle_files(bundle: Path) -> list[Path]:
-    return [p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST
-            and not _IGNORED_DIRS.intersection(p.relative_to(bundle).parts)]
+    return [p for p in bundle.rglob("*") if p.is_file() and p.name not in (MANIFEST, MANIFEST_SHA)]
 
 
-def _read_manifest(bundle: Path) -> dict:
-    path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise ArtifactError(bundle, None, "no such bundle folder")
-    if not path.is_file():
-        raise ArtifactError(path, None, "missing: not a bundle, or bundling did not finish")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(path, None, f"not valid JSON: {e}") from None
+def _check_format(path: Path, manifest: dict) -> None:
     missing = [k for k in ("format", "target", "files", "smoke") if k not in manifest]
     if missing or manifest["format"] != FORMAT:
         detail = f" (missing {', '.join(missing)})" if missing else ""
         raise ArtifactError(path, "format", f"not an {FORMAT} manifest{detail}")
-    return manifest
 
 
-def _smoke_decode(bundle: Path, model_file: str, prompt: str) -> list[int]:
+def _smoke_decode(bundle: Path, model_file: str, prompt: str, verify: bool | None = None) -> list[int]:
     try:
-        model = runtime.EdgeModel.load(bundle, model_file=model_file)
+        model = runtime.EdgeModel.load(bundle, model_file=model_file, verify=verify)
         return model.generate(prompt, SMOKE_TOKENS).tokens
     except Exception as e:  # onnxruntime raises its own types for a corrupt or incompatible graph
         raise ArtifactError(bundle / model_file, "smoke decode", f"{type(e).__name__}: {e}") from None

@@ -13,7 +13,8 @@ _ACCURACY_ROWS = [("teacher", "Teacher"), ("student_before", "Student before dis
                   ("student_fp32", "Student fp32 (PyTorch)"), ("student_int8", "Student quantized (this bundle)")]
 _LATENCY_ROWS = [("ms_per_token_p50", "ms per token, p50"), ("ms_per_token_p95", "ms per token, p95"),
                  ("ttft_ms", "time to first token, ms"), ("tokens_per_s", "tokens per second"),
-                 ("peak_rss_mb", "peak RSS, MB"), ("model_mb", "model size, MB")]
+                 ("peak_rss_mb", "peak RSS, MiB"), ("model_mb", "model size, MiB")]
+UNITS_NOTE = "Sizes and memory are in MiB (2^20 bytes) throughout."
 _DEFAULT_LIMITS = [
     "Accuracy and latency were measured on the task's test split and the benchmark shapes of the target "
     "file; other inputs, longer prompts or other hardware can behave differently.",
@@ -33,12 +34,7 @@ def render_model_card(target: Target, report: dict, info: dict, model_sizes: dic
         front.append(f"language: {info['language']}")
     front.append("---")
 
-    q = target.quant
-    symmetry = "symmetric" if q.weights.symmetric else "asymmetric"
-    scheme = (f"weights {q.weights.dtype} {q.weights.granularity} ({symmetry}), "
-              f"activations {q.activations.dtype} {q.activations.mode}"
-              + (", reduce_range" if q.reduce_range else "")
-              + (", output head quantized" if q.quantize_lm_head else ", output head fp32"))
+    scheme = _scheme(target, (report.get("export") or {}).get("quantization"))
     lines = front + [
         "", f"# {title}", "",
         info.get("summary") or f"A small causal language model tailored to **{target.target.description}** "
@@ -50,7 +46,7 @@ def render_model_card(target: Target, report: dict, info: dict, model_sizes: dic
         "", "## Method", "",
         info.get("method") or "Distilled from a teacher, exported with Optimum (text-generation-with-past) and "
                               "quantized with ONNX Runtime.",
-        "", f"Quantization (from `target.toml`): {scheme}.",
+        "", f"Quantization of `model.onnx`, as shipped: {scheme}.",
         "", "## Accuracy", "", *_accuracy_table(report.get("accuracy") or {}),
         "", f"## Latency on {target.target.cpu}", "", *_latency_table(report.get("latency") or {}, target),
         "", "## Budgets", "", *_budget_table(report.get("budgets") or {}, target),
@@ -63,19 +59,45 @@ def render_model_card(target: Target, report: dict, info: dict, model_sizes: dic
         "model = ORTModelForCausalLM.from_pretrained(\"path/to/bundle\")", "```", "",
         "`tailor verify BUNDLE` re-checks every file's sha256 against `manifest.json` and the smoke decode "
         "recorded there.",
-        "", "## Files", "", "| file | MB |", "| --- | ---: |",
-        *[f"| `{name}` | {mb:.3f} |" for name, mb in model_sizes.items()],
+        "", "## Files", "", "| file | MiB |", "| --- | ---: |",
+        *[f"| `{name}` | {mb:.3f} |" for name, mb in model_sizes.items()], "", UNITS_NOTE,
         "", "## Limitations", "", *[f"- {item}" for item in _limits(info)], "",
     ]
     return "\n".join(lines)
 
 
+def _scheme(target: Target, shipped: dict | None) -> str:
+    """The scheme of the file that ships: the export's final attempt (a fallback may have kept the head fp32)."""
+    q = target.quant
+    symmetry = "symmetric" if q.weights.symmetric else "asymmetric"
+    text = (f"weights {q.weights.dtype} {q.weights.granularity} ({symmetry}), "
+            f"activations {q.activations.dtype} {q.activations.mode}" + (", reduce_range" if q.reduce_range else ""))
+    head = (shipped or {}).get("lm_head") or {}
+    quantized = head.get("quantized", q.quantize_lm_head) if shipped else q.quantize_lm_head
+    text += ", output head quantized" if quantized else ", output head fp32"
+    fp32 = (shipped or {}).get("fp32_matmuls") or []
+    if fp32:
+        text += f"; {len(fp32)} MatMul(s) kept in fp32"
+    return text
+
+
 def _accuracy_table(accuracy: dict) -> list[str]:
-    rows = [(label, accuracy[key]) for key, label in _ACCURACY_ROWS if key in accuracy]
-    rows += [(key, value) for key, value in accuracy.items() if key not in dict(_ACCURACY_ROWS)]
+    """Fractions of the test split with their sampling error; counts and tool notes below the table."""
+    stderr = accuracy.get("stderr") or {}
+    rows = [(label, accuracy[key], stderr.get(key)) for key, label in _ACCURACY_ROWS
+            if isinstance(accuracy.get(key), (int, float))]
     if not rows:
         return ["Not measured."]
-    return ["| model | accuracy |", "| --- | ---: |", *[f"| {label} | {_fraction(v)} |" for label, v in rows]]
+    table = ["| model | accuracy | sampling error |", "| --- | ---: | ---: |",
+             *[f"| {label} | {_fraction(v)} | {_fraction(e) if e is not None else '-'} |" for label, v, e in rows]]
+    notes = []
+    if isinstance(accuracy.get("test_questions"), int):
+        notes.append(f"Test questions: {accuracy['test_questions']}.")
+    if accuracy.get("student_tools") not in (None, "none"):
+        notes.append(f"The student decodes with: {accuracy['student_tools']}.")
+    if isinstance(accuracy.get("teacher_no_tools"), (int, float)):
+        notes.append(f"Teacher without its generation tools: {_fraction(accuracy['teacher_no_tools'])}.")
+    return table + (["", " ".join(notes)] if notes else [])
 
 
 def _latency_table(latency: dict, target: Target) -> list[str]:

@@ -18,6 +18,22 @@ from edge_tailor.errors import ArtifactError, InputError
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "added_tokens.json")
 FP32_ATOL = 1e-3
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")  # torch.load would run code from these
+
+
+def check_safetensors_only(folder: Path) -> None:
+    """Refuse a model folder whose weights are pickles: internal artifacts are safetensors, always.
+
+    The run directory is an input too (a later stage reads what an earlier one wrote), so a
+    ``pytorch_model.bin`` put in place of ``model.safetensors`` must not be loaded.
+    """
+    pickled = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
+    if pickled:
+        raise InputError(folder / pickled[0], None, "pickled weights in a model folder the toolkit wrote: only "
+                                                    "*.safetensors are loaded (remove the file, or rerun the stage "
+                                                    "that writes this folder)")
+    if not any(folder.glob("*.safetensors")):
+        raise InputError(folder, "weights", "no *.safetensors file: rerun the stage that writes this folder")
 
 
 class ParityError(ArtifactError):
@@ -31,6 +47,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int | None = 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise InputError(model_dir, "config.json", "missing: not a Hugging Face model folder")
+    check_safetensors_only(model_dir)
     main_export(str(model_dir), out_dir, task="text-generation-with-past", opset=opset, device="cpu", dtype="fp32",
                 library_name="transformers", local_files_only=True,
                 do_validation=False)  # check_parity below is stricter: logits and greedy tokens on task prompts
@@ -65,7 +82,8 @@ def check_parity(model_dir: str | Path, onnx_dir: str | Path, prompts: Sequence[
     if not prompts:
         raise InputError(model_dir, "prompts", "parity needs at least one prompt")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    check_safetensors_only(Path(model_dir))
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     exported = ORTModelForCausalLM.from_pretrained(onnx_dir, file_name=model_file, use_cache=True,
                                                    provider="CPUExecutionProvider")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -12,6 +12,11 @@ From Python::
     out = model.generate("Order 12 ...", max_new_tokens=32)
     out.text, out.tokens, out.ttft_ms, out.per_token_ms
 
+Loading a bundle first checks its files (``verify_files``): ``manifest.sha256`` against
+``manifest.json``, every listed file's sha256, and no unlisted file anywhere; a mismatch raises
+``BundleError`` naming the file (the command line prints it as one ``error:`` line, exit code 2).
+``--no-verify`` / ``verify=False`` skips it, for devices that verify once at install.
+
 The loop keeps the KV cache inside ONNX Runtime: each step's ``present.*`` outputs are bound
 as the next step's ``past_key_values.*`` inputs (IOBinding, no copy through numpy), and the
 decode logits land in one preallocated buffer. A graph whose attention is ONNX Runtime's
@@ -24,7 +29,9 @@ concatenation or re-binding.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -47,6 +54,10 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
              "tensor(int32)": np.int32}
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _KV_CACHE_META = "edge_tailor.kv_cache"  # "shared": past and present may be one preallocated buffer
+MANIFEST = "manifest.json"
+MANIFEST_SHA = "manifest.sha256"  # "<hex>  manifest.json\n", as sha256sum writes it; written last
+_CHUNK = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # (new tokens of each row so far, scores [batch, vocab]) -> scores
 LogitsProcessor = Callable[[list[list[int]], np.ndarray], np.ndarray]
 
@@ -108,6 +119,82 @@ class Calculator:
                 scores[row, :] = -np.inf
                 scores[row, forced] = 0.0
         return scores
+
+
+class BundleError(RuntimeError):
+    """A bundle file that fails verification: changed, missing, unlisted, or a bad manifest."""
+
+    def __init__(self, path: Path, where: str | None, problem: str):
+        self.path, self.where, self.problem = Path(path), where, problem
+        super().__init__(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, dict]:
+    """Check a bundle's files; return (sha256 of manifest.json, the parsed manifest).
+
+    ``manifest.sha256`` must hold the hash of ``manifest.json`` (and ``digest``, when given, must
+    equal it: a digest pinned outside the bundle also catches a manifest rewritten together with
+    its sha file); every file listed in the manifest must exist with its sha256; any other file,
+    ``__pycache__/`` included, is refused. Raises ``BundleError`` naming the file.
+    """
+    bundle = Path(bundle)
+    manifest_path, sha_path = bundle / MANIFEST, bundle / MANIFEST_SHA
+    if not bundle.is_dir():
+        raise BundleError(bundle, None, "no such bundle folder")
+    if not manifest_path.is_file():
+        raise BundleError(manifest_path, None, "missing: not a bundle, or bundling did not finish")
+    if not sha_path.is_file():
+        raise BundleError(sha_path, None, "missing: bundling did not finish, or the bundle predates it: rebuild it")
+    raw = manifest_path.read_bytes()
+    actual = hashlib.sha256(raw).hexdigest()
+    fields = sha_path.read_text(encoding="utf-8", errors="replace").split()
+    if len(fields) != 2 or not _HEX64.match(fields[0]) or fields[1].lstrip("*") != MANIFEST:
+        raise BundleError(sha_path, None, f"not a sha256sum line for {MANIFEST} ('<64 hex digits>  {MANIFEST}')")
+    if fields[0] != actual:
+        raise BundleError(manifest_path, "sha256", f"hash mismatch: {MANIFEST_SHA} says {fields[0][:16]}..., "
+                                                   f"file is {actual[:16]}... (changed after bundling)")
+    if digest is not None and digest.strip().lower() != actual:
+        raise BundleError(manifest_path, "sha256", f"digest {actual} is not the pinned {digest.strip().lower()}")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(manifest_path, None, f"not valid JSON: {e}") from None
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict):
+        raise BundleError(manifest_path, "files", "missing: no file list")
+
+    for name in listed:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or name in (MANIFEST, MANIFEST_SHA):
+            raise BundleError(manifest_path, "files", f"{name!r} is not a file inside the bundle")
+    for root, dirs, files in os.walk(bundle):  # symlinked folders are not followed: they count as entries
+        for entry in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = Path(root, entry)
+            name = path.relative_to(bundle).as_posix()
+            if name in listed or name in (MANIFEST, MANIFEST_SHA):
+                continue
+            if "__pycache__" in path.relative_to(bundle).parts:
+                raise BundleError(path, None, "not listed in manifest.json: __pycache__/ appears when edge_runtime.py "
+                                              "is imported from inside the bundle; delete it, or import with `python -B`")
+            raise BundleError(path, None, "not listed in manifest.json (added after bundling)")
+    for name, entry in listed.items():
+        path = bundle / name
+        if not path.is_file():
+            raise BundleError(path, None, "missing: listed in manifest.json")
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        found = sha256_file(path)
+        if found != expected:
+            raise BundleError(path, "sha256", f"hash mismatch: manifest says {str(expected)[:16]}..., "
+                                              f"file is {found[:16]}... (changed after bundling)")
+    return actual, manifest
 
 
 @dataclass(frozen=True)
@@ -175,9 +262,15 @@ class EdgeModel:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, provider: str | None = None,
-             model_file: str = "model.onnx") -> EdgeModel:
-        """Open a bundle (or any Optimum ONNX export folder with tokenizer.json)."""
+             model_file: str = "model.onnx", verify: bool | None = None) -> EdgeModel:
+        """Open a bundle (or any Optimum ONNX export folder with tokenizer.json).
+
+        ``verify``: None checks the files (``verify_files``) when the folder has a manifest.json
+        (a bundle), True requires a bundle that passes, False skips the check.
+        """
         bundle = Path(bundle_dir)
+        if verify or (verify is None and (bundle / MANIFEST).is_file()):
+            verify_files(bundle)
         target = bundle / "target.toml"
         settings = RuntimeSettings.from_target_file(target) if target.is_file() else RuntimeSettings()
         if threads is not None:
@@ -372,7 +465,7 @@ def _special_ids(bundle: Path, tokenizer: Tokenizer) -> tuple[list[int], int]:
 
 def bundle_uses_calculator(bundle: str | Path) -> bool:
     """Whether the bundle's student decodes with the calculator (``manifest.json`` ``decoding``)."""
-    manifest = Path(bundle) / "manifest.json"
+    manifest = Path(bundle) / MANIFEST
     if not manifest.is_file():
         return False
     return bool(json.loads(manifest.read_text()).get("decoding", {}).get("calculator", False))
@@ -383,7 +476,9 @@ def _replace(settings: RuntimeSettings, **changes) -> RuntimeSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run an edge-tailor bundle (onnxruntime + numpy + tokenizers).")
+    parser = argparse.ArgumentParser(description="Run an edge-tailor bundle (onnxruntime + numpy + tokenizers). "
+                                                 "The bundle's files are checked against its manifest first: "
+                                                 "a bad one stops with exit code 2.")
     parser.add_argument("bundle", help="the bundle folder")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -397,9 +492,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calculator", choices=("auto", "on", "off"), default="auto",
                         help="fill in the results of the model's equations (auto: as the bundle's manifest says)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the sha256 check of the bundle's files (for devices that verify once at install)")
     args = parser.parse_args(argv)
 
-    model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file)
+    try:
+        model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file,
+                               verify=not args.no_verify)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
     out = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
                          logits_processor=Calculator(model) if use_calculator else None)

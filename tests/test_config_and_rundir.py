@@ -42,9 +42,9 @@ def test_unknown_field_in_file_names_file_and_field(tmp_path):
 def test_malformed_yaml_and_toml(tmp_path):
     (tmp_path / "a.yaml").write_text("seed: [1,\n")
     (tmp_path / "b.toml").write_text("seed = = 1\n")
-    with pytest.raises(InputError, match=r"a\.yaml: not valid YAML"):
+    with pytest.raises(InputError, match=r"a\.yaml: line 2: not valid YAML"):
         load_config(tmp_path / "a.yaml")
-    with pytest.raises(InputError, match=r"b\.toml: not valid TOML"):
+    with pytest.raises(InputError, match=r"b\.toml: line 1: not valid TOML"):
         load_config(tmp_path / "b.toml")
 
 

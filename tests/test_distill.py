@@ -69,48 +69,77 @@ def test_qat_switch(tmp_path):
     assert count_fake_quantized(model) == 0 and type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear
 
 
-def test_fake_quantization_matches_onnx_runtime_int8(tmp_path):
-    """QAT's simulation and the exported INT8 model agree on the same weights and input.
+def _scheme(reduce_range: bool):
+    """ci-x86 with full-range (VNNI-exact) or 7-bit (exact everywhere) weights, as a Target object."""
+    from edge_tailor.target import Target
 
-    Decode step (one token, batch 1): ORT's per-tensor dynamic activation scale is then torchao's
-    per-token one; both use asymmetric 256-level activations whose range includes zero, and the
-    weights use ORT's narrow symmetric grid (qat.NarrowRangeWeightFakeQuantizer). The integer
-    products are then identical and only float rounding in scales, summation order and the
-    fp32 parts (norms, softmax) remains: 1e-3 on logits of order 10, and at least 50x closer than
-    the fp32 model, whose gap is the quantization noise itself.
-    """
+    data = load_target("ci-x86").model_dump()
+    data["quant"]["reduce_range"] = reduce_range
+    data["target"].update(name=f"scheme-rr{int(reduce_range)}", isa="avx2" if reduce_range else "avx512_vnni")
+    return Target.model_validate(data)
+
+
+def _max_logit_gap(session, model, ids) -> float:
     import numpy as np
-    import onnxruntime as ort
 
-    from edge_tailor.export.onnx_export import export_onnx
-    from edge_tailor.export.quantize import quantize_for_target
-
-    folder = resolve_model_path("embedded:student")
-    export_onnx(folder, tmp_path / "fp32")
-    quantize_for_target(tmp_path / "fp32", tmp_path / "int8", "ci-x86")
-    session = ort.InferenceSession(str(tmp_path / "int8" / "model.onnx"), providers=["CPUExecutionProvider"])
-    student = _student()
-    fp32 = student.model
-    qat = load_model(ModelSpec(path="embedded:student"), "cpu").model
-    prepare_qat(qat, load_target("ci-x86").quant)
-    ids = student.tokenizer("Q: A bin holds 40 parts.", add_special_tokens=False)["input_ids"]
-    config = fp32.config
+    config = model.config
     heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
-    worst_qat, worst_fp32 = 0.0, 0.0
+    names = {i.name for i in session.get_inputs()}
+    worst = 0.0
     for token in ids:
         feed = {"input_ids": np.array([[token]]), "attention_mask": np.ones((1, 1), dtype=np.int64),
                 "position_ids": np.zeros((1, 1), dtype=np.int64)}
         for i in range(config.num_hidden_layers):
             for kind in ("key", "value"):
                 feed[f"past_key_values.{i}.{kind}"] = np.zeros((1, heads, 0, dim), dtype=np.float32)
-        feed = {k: v for k, v in feed.items() if k in {i.name for i in session.get_inputs()}}
-        onnx_logits = torch.from_numpy(session.run(["logits"], feed)[0])
+        onnx_logits = torch.from_numpy(session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0])
         with torch.no_grad():
-            x = torch.tensor([[token]])
-            worst_qat = max(worst_qat, (qat(x).logits - onnx_logits).abs().max().item())
-            worst_fp32 = max(worst_fp32, (fp32(x).logits - onnx_logits).abs().max().item())
-    print(f"max |logit diff| vs ORT INT8: QAT {worst_qat:.2e}, fp32 {worst_fp32:.2e}")
-    assert worst_qat < 1e-3 and worst_qat < worst_fp32 / 50, (worst_qat, worst_fp32)
+            worst = max(worst, (model(torch.tensor([[token]])).logits - onnx_logits).abs().max().item())
+    return worst
+
+
+def test_fake_quantization_matches_onnx_runtime_int8_on_this_cpu(tmp_path):
+    """QAT's simulation equals the exported INT8 model exactly where the host's kernel is exact for the scheme.
+
+    Both schemes run on whatever CPU this is: 7-bit weights (reduce_range, the default target) must match
+    on every x86-64; full-range 8-bit weights must match on a VNNI/AMX host and, on an AVX2-only host,
+    must be shown NOT to match (VPMADDUBSW saturates) -- so the test cannot pass vacuously on either.
+    Decode step (one token, batch 1): ORT's per-tensor dynamic activation scale is then torchao's
+    per-token one; weights use ORT's narrow symmetric grid (qat.NarrowRangeWeightFakeQuantizer). Integer
+    products are then identical and only float rounding remains: 1e-3 on logits of order 10.
+    A mismatched simulation (7-bit QAT against the 8-bit file) must sit far off, so the comparison
+    itself discriminates.
+    """
+    import onnxruntime as ort
+
+    from edge_tailor.export.onnx_export import export_onnx
+    from edge_tailor.export.quantize import quantize_for_target
+    from edge_tailor.hostcpu import detect, scheme_exact_on
+
+    host = detect()
+    folder = resolve_model_path("embedded:student")
+    export_onnx(folder, tmp_path / "fp32")
+    ids = _student().tokenizer("Q: A bin holds 40 parts. 5 are removed.", add_special_tokens=False)["input_ids"]
+    fp32 = _student().model
+    gaps = {}
+    for reduce_range in (True, False):
+        target = _scheme(reduce_range)
+        out = tmp_path / f"int8-rr{int(reduce_range)}"
+        quantize_for_target(tmp_path / "fp32", out, target)
+        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        qat = prepare_qat(_student().model, target.quant)
+        other = prepare_qat(_student().model, _scheme(not reduce_range).quant)
+        gaps[reduce_range] = {"qat": _max_logit_gap(session, qat, ids), "mismatched_qat": _max_logit_gap(session, other, ids),
+                              "fp32": _max_logit_gap(session, fp32, ids),
+                              "exact_here": scheme_exact_on(target.quant, host.arch, host.kernel)}
+    print(f"host kernel {host.kernel} ({host.describe()}): {gaps}")
+    assert gaps[True]["exact_here"], "7-bit weights are exact on every x86-64 kernel"
+    for reduce_range, g in gaps.items():
+        assert g["mismatched_qat"] > 20 * max(g["qat"], 1e-4) or not g["exact_here"], (reduce_range, g)
+        if g["exact_here"]:
+            assert g["qat"] < 1e-3 and g["qat"] < g["fp32"] / 50, (reduce_range, g)
+        else:  # saturation: ORT's numbers are not the ones QAT trained for
+            assert g["qat"] > 0.05, (reduce_range, g)
 
 
 def _kl_to_teacher(student_model, teacher_model, tokenizer, rows):

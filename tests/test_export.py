@@ -7,6 +7,7 @@ test nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -285,9 +286,10 @@ def test_edge_runtime_runs_with_only_onnxruntime_numpy_tokenizers(bundle, tmp_pa
 
 def test_bundle_files_verify_and_model_card(bundle):
     assert {p.name for p in bundle.iterdir()} == SIDE | {"model.onnx", "target.toml", "edge_runtime.py", "report.json",
-                                                         "README.md", "manifest.json"}
+                                                         "README.md", "genai_config.json", "manifest.json",
+                                                         "manifest.sha256"}
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert set(manifest["files"]) == {p.name for p in bundle.iterdir()} - {"manifest.json"}
+    assert set(manifest["files"]) == {p.name for p in bundle.iterdir()} - {"manifest.json", "manifest.sha256"}
     assert manifest["target"]["name"] == "ci-x86"
     assert (bundle / "edge_runtime.py").read_bytes() == Path(runtime.__file__).read_bytes()
     result = verify_bundle(bundle, target="ci-x86")
@@ -340,5 +342,9 @@ def test_verify_compares_the_smoke_decode_with_the_recorded_tokens(bundle, tmp_p
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["smoke"]["tokens"]["model.onnx"] = [0, 0, 0]
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"manifest.json: sha256: hash mismatch"):  # manifest.sha256 catches the edit
+        verify_bundle(copy)
+    digest = hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()
+    (copy / "manifest.sha256").write_text(f"{digest}  manifest.json\n")  # resealed: the smoke decode still catches it
     with pytest.raises(ArtifactError, match=r"model.onnx: smoke decode: greedy tokens \[.*\] differ from \[0, 0, 0\]"):
         verify_bundle(copy)

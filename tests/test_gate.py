@@ -18,7 +18,7 @@ def _target(tmp_path, **budgets):
     text = target_path("ci-x86").read_text()
     head = text[: text.index("[budgets]")]
     lines = "\n".join(f"{k} = {v}  # test budget" for k, v in budgets.items())
-    path = tmp_path / "t.toml"
+    path = tmp_path / "ci-x86.toml"
     path.write_text(head + "[budgets]\n" + lines + "\n")
     return str(path)
 

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_tailor.benchmarks import peers
 from edge_tailor.export import runtime
 from edge_tailor.export.onnx_export import copy_side_files, export_onnx
-from edge_tailor.export.quantize import KV_CACHE_META, fuse_graph, quantize_for_target
+from edge_tailor.export.fusion import KV_CACHE_META, fuse_graph
+from edge_tailor.export.quantize import quantize_for_target
 
 PROMPTS = [[5, 9, 14, 3, 7, 22, 8], [11, 4, 6], [30, 2, 17, 9, 1]]
 

@@ -20,8 +20,20 @@ REPORT_KEYS = {"target", "accuracy", "ablation", "latency", "budgets", "passed"}
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     code = main(["run", "--out", str(out), *SMALL])
-    assert code in (0, 1)  # 1: a budget broke on a tiny run; the report still exists
+    (out / "smoke" / "exit_code.txt").write_text(str(code))
     return out / "smoke"
+
+
+def test_exit_code_is_the_reports_verdict(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    # a tiny run may break a budget: then the report says which and `run` exits 1, never anything else
+    assert (run_dir / "exit_code.txt").read_text() == ("0" if report["passed"] else "1")
+    assert report["passed"] == all(b["passed"] for b in report["budgets"].values())
+    acc = report["accuracy"]
+    assert all(0 <= acc[k] <= 1 for k in ("teacher", "student_before", "student_fp32", "student_int8"))
+    assert acc["test_questions"] == 24
+    kernel = report["kernel"]  # the host the INT8 accuracy was measured on; ci-x86 is exact on every x86-64
+    assert kernel["target"] == "ci-x86" and kernel["target_isa"] == "avx2" and kernel["exact_on_host"]
 
 
 def test_every_stage_finished_with_a_record(run_dir):
@@ -61,7 +73,7 @@ def test_bundle_verifies_and_rerun_skips_everything(run_dir, capsys):
     assert main(["verify", str(run_dir / "bundle")]) == 0
     capsys.readouterr()
     code = main(["run", "--out", str(run_dir.parent), *SMALL])
-    assert code in (0, 1)
+    assert code == int((run_dir / "exit_code.txt").read_text())
     assert capsys.readouterr().err.count("up to date, skipped") == len(STAGE_NAMES)
 
 
@@ -72,3 +84,12 @@ def test_bench_measures_a_bundle(run_dir, capsys):
             "model_mb"} <= result.keys()
     acc = result["accuracy"]
     assert acc["n"] == 300 and acc["stderr"] == pytest.approx((acc["accuracy"] * (1 - acc["accuracy"]) / 300) ** 0.5, abs=1e-3)
+
+
+def test_bench_runs_a_bundle_under_another_target(run_dir, capsys):
+    assert main(["bench", str(run_dir / "bundle"), "--target", "x86-avx2-ipc", "--no-accuracy"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["threads"] == 4 and result["repeats"] == 10  # x86-avx2-ipc's runtime and bench blocks
+    assert "INT8 kernel" in captured.err and "x86-avx2-ipc" in captured.err
+    assert main(["verify", str(run_dir / "bundle")]) == 0  # the bundle itself was not touched

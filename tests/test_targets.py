@@ -37,7 +37,9 @@ def test_ci_target_scheme_and_relative_budget():
     w, a = t.quant.weights, t.quant.activations
     assert (w.dtype, w.symmetric, w.granularity) == ("int8", True, "per_channel")
     assert (a.dtype, a.symmetric, a.granularity, a.mode) == ("int8", False, "per_token", "dynamic")
-    assert t.quant.quantize_lm_head and t.quant.weight_bits == 8 and t.runtime.intra_op_threads == 2
+    # exact on every x86-64 with AVX2: 7-bit weights never saturate VPMADDUBSW, and QAT simulates 7 bits
+    assert t.target.isa == "avx2" and t.quant.reduce_range and t.quant.weight_bits == 7
+    assert t.quant.quantize_lm_head and t.runtime.intra_op_threads == 2
     kinds = {b.name: b.kind for b in t.budgets.items()}
     assert kinds["ms_per_token_vs_torch_fp32"] == "relative" and kinds["max_accuracy_drop"] == "absolute"
     assert ("ms_per_token_vs_torch_fp32", "<= 0.5 x PyTorch fp32 (relative)") in format_budgets(t)
@@ -50,7 +52,9 @@ def test_arm64_ships_int4_blocks_and_avx2_reduces_range():
 
 
 def test_hash_ignores_comments_and_follows_values(tmp_path):
-    a, b, c = tmp_path / "a.toml", tmp_path / "b.toml", tmp_path / "c.toml"
+    a, b, c = (tmp_path / d / "ci-x86.toml" for d in "abc")
+    for path in (a, b, c):
+        path.parent.mkdir()
     a.write_text(CI)
     b.write_text(re.sub(r"  # .*", "", CI))
     c.write_text(CI.replace("repeats = 5", "repeats = 6"))
@@ -119,6 +123,33 @@ def test_missing_section(tmp_path):
 def test_inconsistent_scheme(tmp_path, edit, where, words):
     e = _error(tmp_path, CI.replace(*edit))
     assert e.where == where and words in e.problem
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "words"),
+    [
+        (('isa = "avx2"', 'isa = "dotprod"'), "target", "arm64 instruction set"),
+        (('isa = "avx2"', 'isa = "sse4"'), "target.isa", "avx512_vnni"),
+        (("reduce_range = true", "reduce_range = false"), None, "quant.reduce_range: u8 x s8 with full-range"),
+    ],
+)
+def test_isa_must_fit_arch_and_scheme(tmp_path, edit, where, words):
+    e = _error(tmp_path, CI.replace(*edit))
+    assert e.where == where and words in e.problem, e
+
+
+def test_full_range_weights_are_fine_on_vnni(tmp_path):
+    path = tmp_path / "ci-x86.toml"
+    path.write_text(CI.replace('isa = "avx2"', 'isa = "avx512_vnni"').replace("reduce_range = true", "reduce_range = false"))
+    assert load_target(path).quant.weight_bits == 8
+
+
+def test_name_must_equal_file_name(tmp_path):
+    e = _error(tmp_path, CI, name="my-device.toml")
+    assert e.where == "target.name" and "'ci-x86' differs from the file name 'my-device'" in e.problem
+    bundled = tmp_path / "target.toml"  # a bundle's copy keeps its name inside
+    bundled.write_text(CI)
+    assert load_target(bundled).name == "ci-x86"
 
 
 def test_unknown_target_lists_known():

@@ -16,7 +16,13 @@ EPILOG = """examples:
   tailor targets                             the device targets and their budgets
   tailor config show elicit.drafts=64        the resolved config
 
-exit codes: 0 success, 1 a budget or check failed, 2 bad input (config, target, data, model)
+exit codes:
+  0  success
+  1  a budget or check failed
+  2  bad input: config, override, target, data file, model folder, run directory (one line naming
+     the file and the field or line; nothing is written)
+  3  environment failure: disk full, read-only or unwritable folder, permission denied, or another
+     tailor process holds the run directory's lock (<run>/.lock)
 """
 
 
@@ -63,9 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("run_dir", help="a run directory (or a report.json)")
     gate.add_argument("--target", help="judge against another target's budgets")
 
-    verify = sub.add_parser("verify", help="re-check a bundle's hashes and run a smoke decode (exit 0 / 1)")
+    verify = sub.add_parser("verify", help="re-check a bundle's hashes and run a smoke decode (exit 0 / 1)",
+                            description="Check manifest.sha256 against manifest.json, every file's sha256 against "
+                                        "manifest.json (no unlisted file allowed), the target and the recorded "
+                                        "smoke decode; print the manifest's sha256.")
     verify.add_argument("bundle")
     verify.add_argument("--target", help="the target the bundle must be built for")
+    verify.add_argument("--digest", metavar="HEX",
+                        help="also require manifest.json's sha256 to equal HEX (printed by a passing verify), to pin "
+                             "a deployment to one bundle. The bundle's own manifest.sha256 protects against "
+                             "corruption and careless edits only; a digest pinned outside the bundle also protects "
+                             "against deliberate tampering (which can rewrite manifest.sha256 too)")
 
     bench = sub.add_parser("bench", help="measure a bundle's latency on the edge runtime (or --run DIR: the stage)")
     bench.add_argument("bundle", nargs="?")
@@ -105,34 +119,50 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from .config import config_hash
-    from .pipeline import STAGE_NAMES, run_pipeline
+    from .config import config_hash, config_source, load_config, origin_of
+    from .errors import InputError
+    from .pipeline import STAGE_NAMES, preflight, run_pipeline
     from .rundir import RunDir
     from .target import target_hash
-    from .tasks import load_task
 
-    cfg, target = _load(args)
-    for name in args.force + args.only:
-        if name not in STAGE_NAMES:
-            raise _usage(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
-    load_task(cfg.task)  # a malformed dataset fails here, before anything is written
+    overrides = list(args.overrides) + ([f"target={args.target}"] if args.target else [])
+    cfg = load_config(args.config, overrides)
+    for option, names in (("--force", args.force), ("--only", args.only)):
+        for name in names:
+            if name not in STAGE_NAMES:
+                raise InputError("command line", f"{option} {name}",
+                                 f"unknown stage (stages: {', '.join(STAGE_NAMES)})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out", "not a folder")
+    run = RunDir(out / cfg.name)
+    source = config_source(args.config)
+    # Every input is checked before anything is written: a bad one leaves no run directory behind.
+    target = preflight(cfg, lambda field: origin_of(field, source, overrides), run, set(args.only) or None)
+    _print_kernel_line(target)
     import torch
 
     torch.set_num_threads(cfg.threads or target.runtime.intra_op_threads)
-    run = RunDir(Path(args.out) / cfg.name)
-    run.root.mkdir(parents=True, exist_ok=True)
-    (run.root / "config.yaml").write_text(_yaml(cfg))
-    run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force))
+    run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force),
+                 config_text=_yaml(cfg))
     print(f"run directory: {run.root}  (config hash {config_hash(cfg)})")
     if (run.root / "report.json").exists() and run.record("report"):
         return _gate_and_print(str(run.root), None)
     return 0
 
 
+def _print_kernel_line(target) -> None:
+    """Where this host's ONNX Runtime INT8 kernel differs from the target device's, say so (edge_tailor.hostcpu)."""
+    from .hostcpu import kernel_line
+
+    print(kernel_line(target), file=sys.stderr)
+
+
 def _gate_and_print(run_dir: str, target: str | None) -> int:
-    from .benchmarks.gate import gate, print_table
+    from .benchmarks.gate import gate, kernel_summary, load_report, print_table
 
     passed, results, tgt = gate(run_dir, target)
+    print(kernel_summary(load_report(run_dir)), file=sys.stderr)
     print_table(results, tgt)
     broken = [n for n, r in results.items() if not r["passed"]]
     print("verdict: PASSED, every budget held" if passed else f"verdict: FAILED, broken budget(s): {', '.join(broken)}")
@@ -147,12 +177,18 @@ def cmd_verify(args) -> int:
     from .errors import ArtifactError
     from .export.bundle import verify_bundle
 
+    from .target import load_target
+
     try:
-        info = verify_bundle(args.bundle, args.target)
+        target = Path(args.bundle) / "target.toml"
+        if target.is_file():
+            _print_kernel_line(load_target(target))
+        info = verify_bundle(args.bundle, args.target, digest=args.digest)
     except ArtifactError as exc:
         print(f"verify FAILED: {exc}", file=sys.stderr)
         return 1
     print(f"verify OK: {args.bundle}: {json.dumps(info, default=str)[:400]}")
+    print(f"manifest sha256: {info['manifest_sha256']}" + (" (matches --digest)" if args.digest else ""))
     return 0
 
 
@@ -160,8 +196,7 @@ def cmd_bench(args) -> int:
     import shutil
     import tempfile
 
-    from .benchmarks.latency import measure
-    from .target import target_path
+    from .target import load_target, target_path
 
     if args.run:
         return cmd_stage(args)
@@ -170,14 +205,27 @@ def cmd_bench(args) -> int:
     bundle = Path(args.bundle)
     if not (bundle / args.model_file).is_file():
         raise _usage(f"{bundle / args.model_file}: missing: not a bundle")
-    if args.target:  # run the bundle's model under another target's runtime block and shapes
-        tmp = Path(tempfile.mkdtemp())
-        for f in bundle.iterdir():
-            if f.is_file():
-                (tmp / f.name).symlink_to(f.resolve())
-        (tmp / "target.toml").unlink()
-        shutil.copy2(target_path(args.target), tmp / "target.toml")
-        bundle = tmp
+    if (bundle / "manifest.json").is_file():
+        from .export.bundle import verify_bundle
+
+        verify_bundle(bundle)  # hashes and smoke decode: measure what was shipped, nothing else
+    from .export.runtime import bundle_uses_calculator
+
+    calculator = bundle_uses_calculator(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.target:  # the bundle's files under another target's runtime block and shapes (no manifest:
+            for f in bundle.iterdir():  # the mix is no longer the shipped bundle, and was verified above)
+                if f.is_file() and f.name not in ("target.toml", "manifest.json", "manifest.sha256"):
+                    (Path(tmp) / f.name).symlink_to(f.resolve())
+            shutil.copy2(target_path(args.target), Path(tmp) / "target.toml")
+            bundle = Path(tmp)
+        _print_kernel_line(load_target(bundle / "target.toml"))
+        return _bench_bundle(args, bundle, calculator)
+
+
+def _bench_bundle(args, bundle: Path, calculator: bool) -> int:
+    from .benchmarks.latency import measure
+
     result = measure(bundle, args.model_file)
     if not args.no_accuracy:
         from .config import load_config
@@ -186,10 +234,8 @@ def cmd_bench(args) -> int:
 
         cfg = load_config(args.config)
         task = load_task(cfg.task)
-        from .export.runtime import bundle_uses_calculator
-
         result["accuracy"] = edge_accuracy(bundle, task, task.test[: cfg.evaluate.test_questions], cfg, args.model_file,
-                                           calculator=bundle_uses_calculator(bundle))
+                                           calculator=calculator)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -209,16 +255,17 @@ def cmd_report(args) -> int:
 
 def cmd_stage(args) -> int:
     from .config import load_config
-    from .pipeline import run_pipeline
+    from .pipeline import preflight, run_pipeline
     from .rundir import RunDir
-    from .target import load_target, target_hash
+    from .target import target_hash
 
     run = RunDir(args.run)
-    cfg_path = run.root / "config.yaml"
-    if not cfg_path.exists():
+    cfg_path = run.config_path
+    if not cfg_path.is_file():
         raise _usage(f"{cfg_path}: missing: not a run directory (make one with `tailor run`)")
     cfg = load_config(cfg_path)
-    run_pipeline(cfg, run, target_hash(load_target(cfg.target)), only={args.command},
+    target = preflight(cfg, lambda field: str(cfg_path), run, {args.command})
+    run_pipeline(cfg, run, target_hash(target), only={args.command},
                  force={args.command} if args.force else set())
     return 0
 
@@ -302,7 +349,7 @@ def _usage(message: str) -> _UsageError:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from .errors import InputError
+    from .errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EnvironmentFailure, InputError
     from .pipeline import STAGE_NAMES
 
     handlers = {"run": cmd_run, "status": cmd_status, "targets": cmd_targets, "config": cmd_config, "toy": cmd_toy,
@@ -312,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (InputError, _UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except EnvironmentFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as exc:  # disk full, read-only or unwritable folder, permission denied
+        where = exc.filename if exc.filename is not None else None
+        problem = exc.strerror or str(exc) or type(exc).__name__
+        print(f"error: {where}: {problem}" if where else f"error: {problem}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

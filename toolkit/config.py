@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
 
 EMBEDDED = "embedded"  # model path meaning "the embedded default world's model"
+COMMAND_LINE = "command line"  # the origin of dotted overrides in error messages
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
 
 class Section(BaseModel):
@@ -173,19 +178,41 @@ class RunConfig(Section):
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # The run directory is <out>/<name>: a name with "/" or ".." would write outside --out.
+        if not RUN_NAME_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a run name: use one folder name of letters, digits, '.', '_' and '-' "
+                             "(at most 128), not starting with a dot")
+        return v
+
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(path, None, f"cannot read config: {exc.strerror}") from None
-    try:
-        if path.suffix == ".toml":
+    except UnicodeDecodeError:
+        raise InputError(path, None, "not UTF-8 text") from None
+    if path.suffix == ".toml":
+        try:
             data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise InputError(path, None, f"not valid {path.suffix[1:].upper()}: {str(exc).splitlines()[0]}") from None
+        except tomllib.TOMLDecodeError as exc:
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+            problem = re.sub(r"\s*\(at .*\)$", "", str(exc))
+            where = f"line {m[1]}" if m else f"line {max(1, len(text.splitlines()))} (end of file)"
+            raise InputError(path, where, f"not valid TOML: {problem}" + (f" (column {m[2]})" if m else "")) from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            where = f"line {mark.line + 1}" if mark is not None else None
+            column = f" (column {mark.column + 1})" if mark is not None else ""
+            raise InputError(path, where, f"not valid YAML: {problem}{column}") from None
+        data = {} if data is None else data
     if not isinstance(data, dict):
         raise InputError(path, None, "the top level must be a mapping of sections")
     return data
@@ -203,29 +230,106 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise InputError("command line", override, "an override is written key.sub=value")
+    parts = key.split(".")
+    if not all(parts):
+        raise InputError(COMMAND_LINE, key, "an override key is dotted names, e.g. distill.lora.r")
     node = data
-    *parents, leaf = key.split(".")
+    *parents, leaf = parts
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or `annotate: null` in the file
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
-            raise InputError("command line", key, f"'{part}' is not a section")
+            raise InputError(COMMAND_LINE, key, f"'{part}' is not a section")
     node[leaf] = _parse_value(value)
+
+
+def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    return [o.partition("=")[0] for o in overrides]
+
+
+def origin_of(field: str, source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """Where a config field's value came from: "command line" if an override set it (or a
+    section above or below it), else the config file."""
+    keys = override_keys(overrides)
+    for key in keys:
+        if key == field or key.startswith(field + ".") or field.startswith(key + "."):
+            return COMMAND_LINE
+    # A default inside a section that only an override made (elicit.annotate.path after
+    # elicit.annotate.name=gsm8k, with no annotate section in the file) comes from the command line too.
+    parts = field.split(".")
+    try:
+        data: Any = _read_file(Path(source))
+    except InputError:
+        data = {}
+    for key in keys:
+        shared = 0
+        for a, b in zip(key.split("."), parts):
+            if a != b:
+                break
+            shared += 1
+        node = data
+        for part in parts[:shared]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if shared and node is None:
+            return COMMAND_LINE
+    return str(source)
+
+
+def config_source(path: str | Path | None = None) -> Path:
+    """The config file load_config reads: the given one, or the shipped default."""
+    return Path(path) if path else Path(str(resources.files("edge_tailor.configs") / "default.yaml"))
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names of the config section at ``loc`` (for "unknown key" messages)."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        union = isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union
+        args = typing.get_args(ann) if union else (ann,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Load a run config; no path means the shipped default (the embedded world)."""
-    source = Path(path) if path else Path(str(resources.files("edge_tailor.configs") / "default.yaml"))
+    source = config_source(path)
     data = _read_file(source)
     for override in overrides:
         apply_override(data, override)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        origin = "command line" if any(o.split("=")[0] == field for o in overrides) else source
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise InputError(origin, field, f"{err['msg']}{more}") from None
+        raise _validation_error(exc, source, overrides) from None
+
+
+def _validation_error(exc: ValidationError, source: Path, overrides) -> InputError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    origin = origin_of(field, source, overrides)
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        problem = f"Extra inputs are not permitted: unknown key '{loc[-1]}'" + (
+            f" (allowed: {', '.join(allowed)})" if allowed else "")
+    else:
+        problem = err["msg"].removeprefix("Value error, ")
+        if err["type"] != "value_error" and not isinstance(err.get("input"), (dict, list)):
+            problem += f" (got {err.get('input')!r})"
+    more = len(exc.errors()) - 1
+    problem += f" (and {more} more)" if more else ""
+    if origin == COMMAND_LINE:
+        keys = [k for k in override_keys(overrides)
+                if k == field or k.startswith(field + ".") or field.startswith(k + ".")]
+        where = keys[-1] if keys[-1] == field else f"{keys[-1]} ({field})"
+        return InputError(COMMAND_LINE, where, problem)
+    return InputError(source, field, problem)
 
 
 def config_hash(section: BaseModel | dict) -> str:

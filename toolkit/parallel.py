@@ -7,8 +7,11 @@ line in the parent."""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Hashable, TypeVar
 
@@ -29,7 +32,18 @@ def worker_count(device: str, jobs: int, requested: int = 0) -> int:
     return max(1, min(jobs, (os.cpu_count() or 1) // max(1, torch.get_num_threads())))
 
 
+def die_with_parent() -> None:
+    """Ask Linux to end this process when its parent dies (prctl PR_SET_PDEATHSIG).
+
+    A stage killed with SIGKILL cannot clean up after itself; without this its benchmark subprocess
+    and worker processes would go on running (and writing) after it. No-op outside Linux.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _quiet_worker(threads: int) -> None:
+    die_with_parent()
     os.environ["TQDM_DISABLE"] = "1"  # the parent shows one bar over the jobs instead of interleaved ones
     os.environ["EDGE_TAILOR_QUIET"] = "1"
     torch.set_num_threads(threads)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-from .config import RunConfig, config_hash
+from .config import RunConfig, TaskSpec, config_hash
+from .errors import InputError, RunLocked
 from .progress import console, live
 from .rundir import RunDir
 
@@ -88,32 +93,156 @@ def plan(cfg: RunConfig, run: RunDir, target_digest: str, force: set[str] = froz
 
 
 def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
-    run.start_stage(st.name)
     started = time.perf_counter()
     try:
+        run.start_stage(st.name)
         record = st.module.run(cfg, run)
-    except BaseException as exc:
-        run.fail_stage(st.name, f"{type(exc).__name__}: {exc}")
+        extra = tuple(record.pop("extra_files", ()))  # files a stage writes at the run's root (report.json)
+        return run.finish_stage(st.name, fp, record, time.perf_counter() - started, extra)
+    except BaseException as exc:  # KeyboardInterrupt and a full disk too: nothing half-written stays
+        run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
         raise
-    extra = tuple(record.pop("extra_files", ()))  # files a stage writes at the run's root (report.json)
-    return run.finish_stage(st.name, fp, record, time.perf_counter() - started, extra)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` (itself included) that does not exist yet."""
+    path = path.absolute()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+        if path == path.parent:
+            break
+    return missing
 
 
 def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str] | None = None,
-                 force: set[str] = frozenset(), stages: tuple[Stage, ...] | None = None) -> dict[str, dict]:
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.init_manifest(cfg.model_dump(mode="json"), config_hash(cfg), cfg.seed)
+                 force: set[str] = frozenset(), stages: tuple[Stage, ...] | None = None,
+                 config_text: str | None = None) -> dict[str, dict]:
+    """Run the stages into ``run`` under its lock; ``config_text`` (the resolved config) is
+    written to config.yaml together with the manifest. If setting up fails, a run directory
+    this call created is removed again."""
+    stages = stages or STAGES
+    created = _first_missing(run.root)
     records = {}
-    with live():
-        for st, fp, must in plan(cfg, run, target_digest, force, stages):
-            if only and st.name not in only:
-                continue
-            if not must:
-                console.print(f"[dim]- {st.name}: up to date, skipped[/dim]")
-                records[st.name] = run.record(st.name)
-                continue
-            console.print(f"[bold]> {st.name}[/bold]: {st.summary}")
-            record = run_stage(cfg, run, st, fp)
-            console.print(f"[green]  done[/green] in {record['seconds']:.0f} s")
-            records[st.name] = record
+    with ExitStack() as stack:
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run.lock())
+            run.check_state(tuple(st.name for st in stages))
+            run.begin(config_text, config_hash(cfg), cfg.seed)
+        except RunLocked:
+            raise  # the folder is another process's
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        with live():
+            for st, fp, must in plan(cfg, run, target_digest, force, stages):
+                if only and st.name not in only:
+                    continue
+                if not must:
+                    console.print(f"[dim]- {st.name}: up to date, skipped[/dim]")
+                    records[st.name] = run.record(st.name)
+                    continue
+                console.print(f"[bold]> {st.name}[/bold]: {st.summary}")
+                record = run_stage(cfg, run, st, fp)
+                console.print(f"[green]  done[/green] in {record['seconds']:.0f} s")
+                records[st.name] = record
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Preflight: every input checked before anything is written.
+
+Origin = Callable[[str], str]  # config field -> where its value came from ("command line" or a file)
+
+
+def _check_task(spec: TaskSpec, field: str, origin: Origin) -> None:
+    from .tasks import load_task
+
+    if spec.name == "toy-arith":
+        if spec.path or spec.cot_prompt:
+            key = f"{field}.path" if spec.path else f"{field}.cot_prompt"
+            given = spec.path or spec.cot_prompt
+            if not Path(given).exists():
+                raise InputError(given, None, f"file not found ({key}, from {origin(key)})")
+            raise InputError(origin(key), key, f"'{given}': task 'toy-arith' is built in and reads no file; set "
+                             f"{field}.name to gsm8k, bbh or multiple-choice to use a data file")
+        return
+    if not spec.path:
+        key = f"{field}.path"
+        raise InputError(origin(key), key, f"task '{spec.name}' needs a data file")
+    if spec.cot_prompt and spec.name != "bbh":
+        key = f"{field}.cot_prompt"
+        raise InputError(origin(key), key, f"only task 'bbh' reads a chain-of-thought prompt, not '{spec.name}'")
+    try:
+        load_task(spec)
+    except InputError as exc:
+        if exc.source == "config":
+            raise InputError(origin(field), f"{field}.{str(exc.where).split('.')[-1]}", exc.problem) from None
+        if exc.where is None:  # a whole-file problem (missing, unreadable, empty): say which setting named it
+            key = f"{field}.cot_prompt" if spec.cot_prompt and exc.source == str(Path(spec.cot_prompt)) else \
+                f"{field}.path"
+            raise InputError(exc.source, None, f"{exc.problem} ({key}, from {origin(key)})") from None
+        raise
+    except ValueError as exc:  # a loader's own bounds (too few records to split)
+        raise InputError(spec.path, None, f"too few records for the task's splits: {exc} ({field}.path)") from None
+
+
+def _check_model(role: str, spec, origin: Origin) -> None:
+    from .models import check_model_spec
+
+    key = f"{role}.path"
+    try:
+        check_model_spec(spec)
+    except InputError as exc:
+        if exc.source == "config":
+            raise InputError(origin(key), key, exc.problem) from None
+        raise InputError(exc.source, exc.where, f"{exc.problem} ({key}, from {origin(key)})") from None
+
+
+def preflight(cfg: RunConfig, origin: Origin, run: RunDir | None = None, only: set[str] | None = None):
+    """Check every input of a run before anything is written and return its target: the target,
+    the task and annotation files, both models (embedded world, local folder or hub cache, remote
+    code), the device, and an existing run directory's state files. Raises InputError."""
+    from .annotate import check_order
+    from .target import load_target
+
+    try:
+        target = load_target(cfg.target)
+    except InputError as exc:
+        named = Path(cfg.target).suffix != ".toml" and Path(cfg.target).parent == Path(".")
+        if named and exc.source == str(cfg.target):  # an unknown name, not a file
+            raise InputError(origin("target"), "target", f"'{cfg.target}': {exc.problem}") from None
+        raise
+    _check_task(cfg.task, "task", origin)
+    if cfg.elicit.annotate is not None:
+        _check_task(cfg.elicit.annotate, "elicit.annotate", origin)
+        try:
+            check_order(cfg.elicit.annotate_order)
+        except InputError as exc:
+            raise InputError(origin("elicit.annotate_order"), "elicit.annotate_order", exc.problem) from None
+    if cfg.prefer.model_results and not Path(cfg.prefer.model_results).is_file():
+        raise InputError(cfg.prefer.model_results, None,
+                         f"file not found (prefer.model_results, from {origin('prefer.model_results')})")
+    for role in ("teacher", "student"):
+        _check_model(role, getattr(cfg, role), origin)
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(origin("device"), "device", "cuda was asked for but no CUDA device is visible "
+                             "(use auto or cpu)")
+    if run is not None:
+        if run.root.exists() and not run.root.is_dir():
+            raise InputError(run.root, None, "exists and is not a run directory (a file)")
+        if run.root.is_dir():
+            run.check_state(STAGE_NAMES)
+        for name in sorted(only or ()):
+            st = next(s for s in STAGES if s.name == name)
+            for need in st.needs:
+                if need not in only and run.record(need) is None:
+                    raise InputError(run.record_path(need), None, f"missing: stage '{name}' needs stage '{need}', "
+                                     f"which has not finished in {run.root}: run it first (`tailor {need} --run "
+                                     f"{run.root}`, or add --only {need} to `tailor run`)")
+    return target

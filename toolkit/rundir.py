@@ -7,6 +7,8 @@ may skip it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -15,10 +17,14 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from .errors import InputError, RunLocked
+
+LOCK = ".lock"  # <run>/.lock: flock-ed by the process running the pipeline (released by the OS when it dies)
 RECORDS = "records"  # <run>/records/<stage>.json: kept apart so a stage folder (bundle/) holds only its files
 TRACKED_PACKAGES = ("edge-tailor", "torch", "transformers", "trl", "peft", "torchao", "bitsandbytes",
                     "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
@@ -32,19 +38,33 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temp file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+            handle.write(text)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON state file (manifest, record); a truncated or hand-broken one is an InputError with its line."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"line {exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno}): a truncated "
+                         "or edited state file; remove it (or the run directory) to start over") from None
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -92,11 +112,52 @@ class RunDir:
     def record_path(self, stage: str) -> Path:
         return self.root / RECORDS / f"{stage}.json"
 
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK
+
     def record(self, stage: str) -> dict | None:
         path = self.record_path(stage)
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise InputError(path, None, f"expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def check_state(self, stages: tuple[str, ...] = ()) -> None:
+        """Read the manifest and the records of ``stages``: an InputError now, before anything is written."""
+        self.manifest()
+        for stage in stages:
+            self.record(stage)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``<run>/.lock`` (flock, exclusive, non-blocking) or fail at once with RunLocked.
+
+        The OS drops a flock when its process dies, so a killed run never leaves a lock that
+        blocks; the file itself stays (removing it would let two processes lock different files).
+        """
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                pid = holder if holder.isdigit() else "unknown"
+                raise RunLocked(self.lock_path, f"another tailor process (pid {pid}) is using this run directory") \
+                    from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
 
     def start_stage(self, stage: str) -> Path:
         """Clear what an interrupted or outdated attempt left and return an empty stage folder."""
@@ -121,10 +182,57 @@ class RunDir:
     def fail_stage(self, stage: str, error: str) -> None:
         self._update_manifest(stage, {"status": "failed", "error": error})
 
+    def abort_stage(self, stage: str, error: str) -> None:
+        """A stage failed: remove what it half-wrote (its folder and record) and mark it failed.
+
+        Best effort: it runs while an exception propagates (which may be a full disk), and must
+        not replace that exception with its own.
+        """
+        self.record_path(stage).unlink(missing_ok=True)
+        shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
+        try:
+            self.fail_stage(stage, error)
+        except (OSError, InputError):
+            pass
+
     def manifest(self) -> dict:
         if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
+            data = read_json(self.manifest_path)
+            if not isinstance(data, dict):
+                raise InputError(self.manifest_path, None, f"expected a JSON object, got {type(data).__name__}")
+            return data
         return {}
+
+    def begin(self, config_text: str | None, config_hash: str, seed: int) -> None:
+        """Write config.yaml (if given) and the manifest's header, both or neither: the config goes
+        to a temp file first and is renamed into place only once the manifest is written."""
+        tmp = None
+        if config_text is not None:
+            tmp = self.root / f".config.yaml.{os.getpid()}.tmp"
+            try:
+                write_text_atomic(tmp, config_text)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        before = self.manifest_path.read_bytes() if self.manifest_path.exists() else None
+        written = False
+        try:
+            self.init_manifest({}, config_hash, seed)
+            written = True
+            if tmp is not None:
+                os.replace(tmp, self.config_path)
+        except BaseException:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            if written:  # put the old manifest back: both files as before, or both new
+                try:
+                    if before is None:
+                        self.manifest_path.unlink(missing_ok=True)
+                    else:
+                        write_text_atomic(self.manifest_path, before.decode())
+                except OSError:
+                    pass
+            raise
 
     def init_manifest(self, config: dict, config_hash: str, seed: int) -> None:
         manifest = self.manifest()

@@ -38,6 +38,17 @@ class TargetInfo(_Section):
     description: str
     arch: Literal["x86_64", "arm64"]
     cpu: str
+    # The integer-kernel class of the device's CPU (edge_tailor.hostcpu): the INT8 scheme below must be
+    # exact on it, and figures measured on a host with another kernel are labelled as such.
+    isa: Literal["avx2", "avx512", "avx_vnni", "avx512_vnni", "amx", "neon", "dotprod", "i8mm"]
+
+    @model_validator(mode="after")
+    def _isa_fits_arch(self) -> TargetInfo:
+        from edge_tailor.hostcpu import ISA_ARCH
+
+        if ISA_ARCH[self.isa] != self.arch:
+            raise ValueError(f'isa = "{self.isa}" is an {ISA_ARCH[self.isa]} instruction set, but arch = "{self.arch}"')
+        return self
 
 
 class Runtime(_Section):
@@ -134,6 +145,12 @@ class Quant(_Section):
         return 4 if self.weights.dtype == "int4" else 7 if self.reduce_range else 8
 
 
+class ExportGraph(_Section):
+    """Which decoder graph ships (edge_tailor.export.fusion)."""
+
+    attention: Literal["fused", "unfused"]
+
+
 class Bench(_Section):
     prompt_tokens: int = Field(ge=1)
     new_tokens: int = Field(ge=1)
@@ -149,8 +166,8 @@ class Budget(NamedTuple):
     unit: str
 
 
-_UNITS = {"ms_per_token_p50": "ms", "ms_per_token_p95": "ms", "ttft_ms": "ms", "peak_rss_mb": "MB",
-          "model_mb": "MB", "max_accuracy_drop": "fraction", "ms_per_token_vs_torch_fp32": "x PyTorch fp32"}
+_UNITS = {"ms_per_token_p50": "ms", "ms_per_token_p95": "ms", "ttft_ms": "ms", "peak_rss_mb": "MiB",
+          "model_mb": "MiB", "max_accuracy_drop": "fraction", "ms_per_token_vs_torch_fp32": "x PyTorch fp32"}
 
 
 class RelativeBudgets(_Section):
@@ -188,12 +205,26 @@ class Target(_Section):
     target: TargetInfo
     runtime: Runtime
     quant: Quant
+    export: ExportGraph
     bench: Bench
     budgets: Budgets
+
+    @model_validator(mode="after")
+    def _scheme_exact_on_device(self) -> Target:
+        from edge_tailor.hostcpu import NON_SATURATING, scheme_exact_on
+
+        if not scheme_exact_on(self.quant, self.target.arch, self.target.isa):
+            raise ValueError(f'quant.reduce_range: u8 x s8 with full-range 8-bit weights saturates on isa = "{self.target.isa}" '
+                             f"(VPMADDUBSW adds two products in 16 bits), so ONNX Runtime would not compute what QAT "
+                             f"simulates: set reduce_range = true, or give a VNNI-class isa ({', '.join(NON_SATURATING)})")
+        return self
 
     @property
     def name(self) -> str:
         return self.target.name
+
+
+BUNDLED_NAME = "target.toml"  # a bundle's (and an export folder's) copy of its target file
 
 
 def list_targets() -> list[str]:
@@ -227,9 +258,14 @@ def load_target(name_or_path: str | Path) -> Target:
         where = f"line {m[1]}" if m else "end of file"
         raise InputError(path, where, f"TOML syntax error: {problem}" + (f" (column {m[2]})" if m else "")) from None
     try:
-        return Target.model_validate(data)
+        target = Target.model_validate(data)
     except ValidationError as e:
         raise _schema_error(path, e) from None
+    # `--target NAME` finds a file by its name; a bundle ships its copy as target.toml
+    if path.stem != target.name and path.name != BUNDLED_NAME:
+        raise InputError(path, "target.name", f"'{target.name}' differs from the file name '{path.stem}': "
+                                              f"rename the file to {target.name}.toml or set name = \"{path.stem}\"")
+    return target
 
 
 def target_hash(target: Target) -> str:

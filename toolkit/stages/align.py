@@ -45,6 +45,11 @@ def load_teacher(cfg: RunConfig, run_dir: RunDir | None = None, spec=None, stack
     """The teacher with the given (default: every finished round's) adapters merged in, in order."""
     teacher = load_model(spec or cfg.teacher, cfg.device)
     for adapter in stack if stack is not None else adapters(run_dir):
+        if not (adapter / "adapter_model.safetensors").is_file():  # peft would fall back to a pickled .bin
+            from ..errors import ArtifactError
+
+            raise ArtifactError(adapter, "adapter_model.safetensors", "missing: rerun `align` (pickled adapters "
+                                                                      "are never loaded)")
         teacher.model = PeftModel.from_pretrained(teacher.model, str(adapter)).merge_and_unload()
     teacher.model.eval()
     return teacher

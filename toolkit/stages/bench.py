@@ -10,6 +10,7 @@ import sys
 
 from ..config import RunConfig
 from ..errors import ArtifactError
+from ..hostcpu import kernel_record
 from ..rundir import RunDir
 from ..target import load_target
 from ..tasks import load_task
@@ -18,7 +19,9 @@ from ..tasks import load_task
 def latency_subprocess(model_dir, model_file: str, prompt_text: str) -> dict:
     cmd = [sys.executable, "-m", "edge_tailor.benchmarks.latency", str(model_dir), "--model-file", model_file,
            "--prompt-text", prompt_text]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    from ..parallel import die_with_parent
+
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=die_with_parent)
     if done.returncode != 0:
         raise ArtifactError(model_dir / model_file, "latency benchmark", done.stderr.strip().splitlines()[-1])
     return json.loads(done.stdout)
@@ -52,6 +55,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     main["reference"] = interleaved(run_dir.stage_dir("distill") / "student", model_dir, ids, target.bench.new_tokens,
                                     target.runtime.intra_op_threads, rounds=cfg.bench.reference_rounds)
     main["variants"] = latency
+    main["kernel"] = kernel_record(target)  # the CPU these latencies were measured on
     main["peers"] = peer_comparison(run_dir.stage_dir("distill") / "student", model_dir, models, ids,
                                     target.bench.new_tokens, target.runtime.intra_op_threads)
     (run_dir.stage_dir("bench") / "latency.json").write_text(json.dumps(main, indent=2))

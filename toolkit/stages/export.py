@@ -1,7 +1,8 @@
 """Stage `export`: the distilled student to ONNX through Optimum (KV cache), fp32 parity against
-PyTorch, quantization as the target says, and the quantized model's accuracy measured through
-the edge runtime; if the accuracy drop breaks the target's budget, the configured fallbacks
-are tried (output head kept in fp32)."""
+PyTorch, the graph the target ships (attention-fused unless it says unfused or fusion fails),
+quantization as the target says, and the quantized model's accuracy measured through the edge
+runtime; if the accuracy drop breaks the target's budget, the configured fallbacks are tried
+(output head kept in fp32)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 
 from ..config import RunConfig
 from ..evaluate import binomial_stderr, student_uses_calculator
+from ..hostcpu import kernel_record
 from ..progress import console
 from ..rundir import RunDir
 from ..target import load_target, target_path
@@ -43,6 +45,7 @@ def fallbacks(target):
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    from ..export.fusion import graph_to_ship
     from ..export.onnx_export import check_parity, export_onnx
     from ..export.quantize import quantize_for_target
 
@@ -53,6 +56,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     fp32_dir = export_onnx(student_dir, folder / "fp32")
     prompts = [task.prompt(ex.question) for ex in task.test[: cfg.export.parity_prompts]]
     parity = check_parity(student_dir, fp32_dir, prompts, max_new_tokens=cfg.export.parity_tokens)
+    graph_dir, graph = graph_to_ship(fp32_dir, folder / "fused", target.export.attention,
+                                     [task.prompt(ex.question) for ex in task.test[:8]])
+    if graph.get("why"):
+        console.print(f"[yellow]  shipping the unfused graph: {graph['why']}[/yellow]")
     test = task.test[: cfg.evaluate.test_questions]
     fp32_acc = run_dir.record("distill")["metrics"]["student_fp32"]["accuracy"]
     calibration = [task.prompt(ex.question) for ex in task.preference[: cfg.export.calibration_samples]]
@@ -61,7 +68,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     for name, candidate in fallbacks(target):
         out = folder / "quantized"
         shutil.rmtree(out, ignore_errors=True)
-        info = quantize_for_target(fp32_dir, out, candidate, calibration_texts=calibration)
+        info = quantize_for_target(graph_dir, out, candidate, calibration_texts=calibration)
         shutil.copy2(target_path(cfg.target), out / "target.toml")  # edge runtime session settings
         accuracy = {m: edge_accuracy(out, task, test, cfg, m) for m in info["files"]}
         drop = round(fp32_acc - accuracy["model.onnx"]["accuracy"], 4)
@@ -74,7 +81,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if budget is not None and final["drop"] > budget:
         console.print(f"[red]  INT8 accuracy drop {final['drop']:.3f} still exceeds the target's max_accuracy_drop "
                       f"{budget:.3f} after {len(attempts)} setting(s); the gate will fail[/red]")
-    return {"metrics": {"parity": parity, "attempts": attempts, "chosen": final["setting"],
+    return {"metrics": {"parity": parity, "graph": graph, "attempts": attempts, "chosen": final["setting"],
+                        "kernel": kernel_record(target),  # the CPU the INT8 accuracy was measured on
                         "student_int8": final["accuracy"]["model.onnx"],
                         "weight_only": {k: v for k, v in final["accuracy"].items() if k != "model.onnx"},
                         "accuracy_drop": final["drop"]}}

@@ -3,6 +3,8 @@ ships (verified after it is written)."""
 
 from __future__ import annotations
 
+import json
+
 from ..config import RunConfig
 from ..evaluate import student_uses_calculator
 from ..rundir import RunDir, write_json_atomic
@@ -48,16 +50,22 @@ def card_info(cfg: RunConfig, report: dict, calculator: bool, training: dict) ->
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    from ..export.bundle import make_bundle, verify_bundle
+    from ..export.bundle import MANIFEST, MANIFEST_SHA, make_bundle, verify_bundle
 
     report = write_report(run_dir, cfg.target)
     bundle = run_dir.root / "bundle"
     task = load_task(cfg.task)
     calculator = student_uses_calculator(cfg, task)
     training = run_dir.record("distill")["metrics"]["training"]
+    # <run>/bundle is the toolkit's own: replace_partial lets a rerun replace one that an older, killed
+    # version left half-written (make_bundle itself now builds aside and renames into place).
     make_bundle(run_dir.stage_dir("export") / "quantized", target_path(cfg.target), bundle, report,
                 card_info(cfg, report, calculator, training),
-                decoding={"calculator": calculator, "prompt": task.style.query, "stop": list(task.style.stop)})
+                decoding={"calculator": calculator, "prompt": task.style.query, "stop": list(task.style.stop)},
+                replace_partial=True)
     verified = verify_bundle(bundle, target_path(cfg.target))
-    return {"metrics": {"passed": report["passed"], "verified": bool(verified)},
-            "extra_files": [run_dir.root / "report.json", run_dir.root / "report.md", *sorted(p for p in bundle.rglob("*") if p.is_file())]}
+    manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+    shipped = [bundle / name for name in manifest["files"]] + [bundle / MANIFEST, bundle / MANIFEST_SHA]
+    return {"metrics": {"passed": report["passed"], "verified": bool(verified),
+                        "manifest_sha256": verified["manifest_sha256"]},
+            "extra_files": [run_dir.root / "report.json", run_dir.root / "report.md", *sorted(shipped)]}

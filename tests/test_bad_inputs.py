@@ -1,0 +1,639 @@
+"""A catalogue of bad inputs: each gives its exit code, one line naming the file and the field or
+line, and leaves nothing behind (no run directory, or an existing one byte-identical).
+
+Exit codes: 2 bad input, 3 environment failure (disk full, read-only folder, lock held).
+Stages are stand-ins here (tests of this file never load a model): a bad input that slipped past
+the preflight would run one, and the test would see the call and the changed files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+import edge_tailor.models as models
+import edge_tailor.pipeline as pipeline
+import edge_tailor.rundir as rundir
+from edge_tailor.cli import main
+from edge_tailor.models import resolve_model_path
+from edge_tailor.target import target_path
+
+CUDA = torch.cuda.is_available()
+ROOT = os.geteuid() == 0
+FIXTURES = Path(__file__).parent / "fixtures"
+GSM8K = FIXTURES / "gsm8k" / "test_excerpt.jsonl"
+
+# ---------------------------------------------------------------------------------------------
+# Stand-in stages with the real names: they record their calls and write a file.
+
+CALLS: list[str] = []
+FAIL: dict[str, BaseException] = {}
+
+
+def _fake_module(name: str) -> types.ModuleType:
+    module = types.ModuleType(f"bad_inputs_fake.{name}")
+
+    def run(cfg, run_dir):
+        CALLS.append(name)
+        (run_dir.stage_dir(name) / "out.txt").write_text(f"{name} {cfg.seed}")
+        if name in FAIL:
+            raise FAIL[name]
+        return {"metrics": {"value": 1}}
+
+    module.run = run
+    return module
+
+
+FAKE_STAGES = tuple(dataclasses.replace(st, module_name=f"bad_inputs_fake.{st.name}") for st in pipeline.STAGES)
+for _st in FAKE_STAGES:
+    sys.modules[_st.module_name] = _fake_module(_st.name)
+
+HELD: list[int] = []  # lock descriptors the test process holds (closed after each test)
+
+
+@pytest.fixture(autouse=True)
+def _fake_stages(monkeypatch):
+    monkeypatch.setattr(pipeline, "STAGES", FAKE_STAGES)
+    CALLS.clear()
+    FAIL.clear()
+    yield
+    while HELD:
+        os.close(HELD.pop())
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for building inputs.
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+
+    @property
+    def inp(self) -> Path:
+        folder = self.tmp / "in"
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "runs"
+
+    @property
+    def run(self) -> Path:
+        return self.out / "default"
+
+    def file(self, name: str, text: str | bytes) -> str:
+        path = self.inp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return str(path)
+
+    def finished(self) -> Path:
+        """A finished run (stand-in stages) at runs/default."""
+        assert main(["run", "--out", str(self.out)]) == 0
+        CALLS.clear()
+        return self.run
+
+    def hold_lock(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        HELD.append(fd)
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder under root."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _toml(data: dict, prefix: str = "") -> str:
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    text = "".join(line + "\n" for line in scalars)
+    for k, v in data.items():
+        if isinstance(v, dict):
+            text += f"\n[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.")
+    return text
+
+
+def _target(t: Ctx, mutate: Callable[[dict], None], name: str = "t") -> list[str]:
+    data = tomllib.loads(target_path("ci-x86").read_text())
+    data["target"]["name"] = name
+    mutate(data)
+    return ["--target", t.file(f"{name}.toml", _toml(data))]
+
+
+def _set(path: str, value):
+    def mutate(data: dict) -> None:
+        *parents, leaf = path.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return mutate
+
+
+DELETE = object()
+
+
+def _model(t: Ctx, name: str, *, weights: str | None = "safetensors", config: str | None = "copy",
+           extra: dict | None = None) -> str:
+    """A model folder made from the embedded student: its config.json (or ``config`` text), tokenizer
+    files, and its weights as safetensors, as a fake pickle ('bin'), or none."""
+    src = Path(resolve_model_path("embedded:student"))
+    folder = t.inp / name
+    folder.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name != "config.json":
+            shutil.copy(f, folder / f.name)
+    if config == "copy":
+        data = json.loads((src / "config.json").read_text())
+        data.update(extra or {})
+        (folder / "config.json").write_text(json.dumps(data, indent=2))
+    elif config is not None:
+        (folder / "config.json").write_text(config)
+    if weights == "safetensors":
+        for f in src.glob("*.safetensors"):
+            shutil.copy(f, folder / f.name)
+    elif weights == "bin":
+        (folder / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    return str(folder)
+
+
+def _run(t: Ctx, *argv: str) -> list[str]:
+    return ["run", "--out", str(t.out), *argv]
+
+
+def _gsm(t: Ctx, text: str, name: str = "gsm.jsonl") -> list[str]:
+    return _run(t, "task.name=gsm8k", f"task.path={t.file(name, text)}")
+
+
+def _bbh(t: Ctx, data, name: str = "bbh_task.json", cot: str | None = None) -> list[str]:
+    text = data if isinstance(data, str) else json.dumps(data)
+    argv = _run(t, "task.name=bbh", f"task.path={t.file(name, text)}")
+    return argv + ([f"task.cot_prompt={cot}"] if cot else [])
+
+
+def _mc(t: Ctx, text: str) -> list[str]:
+    return _run(t, "task.name=multiple-choice", f"task.path={t.file('mc.jsonl', text)}")
+
+
+def _truncate(path: Path) -> None:
+    text = path.read_bytes()
+    path.write_bytes(text[: len(text) // 2])
+
+
+def _enospc(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(_args[0]) if _args else None)
+
+
+def _erofs_mkdir(self, *_args, **_kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+
+def _eacces_mkdir(self, *_args, **_kwargs):
+    raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+
+NL = "\n"
+GOOD_GSM = '{"question": "1+1?", "answer": "2 #### 2"}\n'
+BBH_OK = {"examples": [{"input": f"True and {b} is", "target": str(b)} for b in (True, False) * 4]}
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Ctx], list[str]]
+    code: int
+    needles: tuple[str, ...]
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+    marks: tuple = ()
+
+
+C = Case
+CASES = [
+    # --- run configs: YAML / TOML syntax, types, unknown keys, ranges, names -------------------------
+    C("yaml-syntax", lambda t: _run(t, "--config", t.file("c.yaml", "seed: [1,\n")), 2, ("c.yaml", "line 2", "YAML")),
+    C("yaml-tab-indent", lambda t: _run(t, "--config", t.file("c.yaml", "teacher:\n\tpath: x\n")), 2,
+      ("c.yaml", "line 2")),
+    C("yaml-bad-mapping", lambda t: _run(t, "--config", t.file("c.yaml", "seed: 1\n  threads: 2\nx: [\n")), 2,
+      ("c.yaml", "line 2")),
+    C("yaml-top-level-list", lambda t: _run(t, "--config", t.file("c.yaml", "- seed\n")), 2,
+      ("c.yaml", "top level")),
+    C("yaml-wrong-type", lambda t: _run(t, "--config", t.file("c.yaml", "seed: abc\n")), 2, ("c.yaml", "seed",
+                                                                                              "integer")),
+    C("yaml-wrong-type-nested", lambda t: _run(t, "--config", t.file("c.yaml", "distill:\n  max_steps: many\n")), 2,
+      ("c.yaml", "distill.max_steps")),
+    C("yaml-section-not-mapping", lambda t: _run(t, "--config", t.file("c.yaml", "distill: 3\n")), 2,
+      ("c.yaml", "distill")),
+    C("yaml-unknown-key", lambda t: _run(t, "--config", t.file("c.yaml", "sead: 1\n")), 2,
+      ("c.yaml", "sead", "unknown key")),
+    C("yaml-unknown-nested-key", lambda t: _run(t, "--config", t.file("c.yaml", "distill:\n  lora:\n    rank: 4\n")),
+      2, ("c.yaml", "distill.lora.rank", "allowed: r, alpha")),
+    C("yaml-out-of-range", lambda t: _run(t, "--config", t.file("c.yaml", "elicit:\n  temperature: 0\n")), 2,
+      ("c.yaml", "elicit.temperature")),
+    C("yaml-out-of-range-rounds", lambda t: _run(t, "--config", t.file("c.yaml", "align:\n  rounds: 9\n")), 2,
+      ("c.yaml", "align.rounds")),
+    C("yaml-negative-threads", lambda t: _run(t, "--config", t.file("c.yaml", "threads: -1\n")), 2,
+      ("c.yaml", "threads")),
+    C("yaml-bad-literal", lambda t: _run(t, "--config", t.file("c.yaml", "teacher:\n  dtype: float8\n")), 2,
+      ("c.yaml", "teacher.dtype")),
+    C("yaml-unknown-task", lambda t: _run(t, "--config", t.file("c.yaml", "task:\n  name: mmlu\n")), 2,
+      ("c.yaml", "task.name")),
+    C("yaml-task-without-path", lambda t: _run(t, "--config", t.file("c.yaml", "task:\n  name: gsm8k\n")), 2,
+      ("c.yaml", "task.path", "needs a data file")),
+    C("name-traversal", lambda t: _run(t, "--config", t.file("c.yaml", "name: ../../x\n")), 2,
+      ("c.yaml", "name", "not a run name")),
+    C("name-slash", lambda t: _run(t, "--config", t.file("c.yaml", "name: a/b\n")), 2, ("c.yaml", "name")),
+    C("name-absolute", lambda t: _run(t, "--config", t.file("c.yaml", "name: /tmp/x\n")), 2, ("c.yaml", "name")),
+    C("name-dot", lambda t: _run(t, "--config", t.file("c.yaml", "name: .hidden\n")), 2, ("c.yaml", "name")),
+    C("name-dotdot", lambda t: _run(t, "--config", t.file("c.yaml", "name: ..\n")), 2, ("c.yaml", "name")),
+    C("name-empty", lambda t: _run(t, "--config", t.file("c.yaml", "name: ''\n")), 2, ("c.yaml", "name")),
+    C("name-space", lambda t: _run(t, "--config", t.file("c.yaml", "name: my run\n")), 2, ("c.yaml", "name")),
+    C("toml-syntax", lambda t: _run(t, "--config", t.file("c.toml", "seed = = 1\n")), 2, ("c.toml", "line 1",
+                                                                                           "TOML")),
+    C("toml-syntax-line-3", lambda t: _run(t, "--config", t.file("c.toml", "seed = 1\n[distill]\nmax_steps = [\n")),
+      2, ("c.toml", "line 3")),
+    C("toml-wrong-type", lambda t: _run(t, "--config", t.file("c.toml", 'seed = "x"\n')), 2, ("c.toml", "seed")),
+    C("toml-traversal-name", lambda t: _run(t, "--config", t.file("c.toml", 'name = "../up"\n')), 2,
+      ("c.toml", "name")),
+    C("config-missing", lambda t: _run(t, "--config", str(t.inp / "nope.yaml")), 2, ("nope.yaml", "cannot read")),
+    C("config-is-a-folder", lambda t: _run(t, "--config", str(t.inp)), 2, ("in", "cannot read")),
+    C("config-not-utf8", lambda t: _run(t, "--config", t.file("c.yaml", b"seed: \xff\xfe\n")), 2,
+      ("c.yaml", "UTF-8")),
+    C("config-device-cuda", lambda t: _run(t, "--config", t.file("c.yaml", "device: cuda\n")), 2,
+      ("c.yaml", "device", "CUDA"), marks=(pytest.mark.skipif(CUDA, reason="a CUDA device is visible"),)),
+    # --- dotted overrides: the error names the command line and the key --------------------------------
+    C("override-unknown-section", lambda t: _run(t, "a.b.c=1"), 2, ("command line", "a.b.c", "unknown key 'a'")),
+    C("override-section-value", lambda t: _run(t, "distill.lora=3"), 2, ("command line", "distill.lora")),
+    C("override-unknown-leaf", lambda t: _run(t, "distill.lora.rank=3"), 2, ("command line", "distill.lora.rank")),
+    C("override-wrong-type", lambda t: _run(t, "distill.lora.r=many"), 2, ("command line", "distill.lora.r")),
+    C("override-wrong-type-in-file-section", lambda t: _run(t, "--config", t.file("c.yaml", "seed: 1\n"),
+                                                            "elicit.temperature=hot"), 2,
+      ("command line", "elicit.temperature")),
+    C("override-out-of-range", lambda t: _run(t, "elicit.drafts=0"), 2, ("command line", "elicit.drafts")),
+    C("override-no-equals", lambda t: _run(t, "novalue"), 2, ("command line", "novalue")),
+    C("override-no-key", lambda t: _run(t, "=3"), 2, ("command line", "=3")),
+    C("override-empty-part", lambda t: _run(t, "elicit..drafts=3"), 2, ("command line", "elicit..drafts")),
+    C("override-into-scalar", lambda t: _run(t, "seed.x=1"), 2, ("command line", "seed.x", "not a section")),
+    C("override-name-traversal", lambda t: _run(t, "name=../../x"), 2, ("command line", "name", "not a run name")),
+    C("override-name-slash", lambda t: _run(t, "name=a/b"), 2, ("command line", "name")),
+    C("override-device-cuda", lambda t: _run(t, "device=cuda"), 2, ("command line", "device", "CUDA"),
+      marks=(pytest.mark.skipif(CUDA, reason="a CUDA device is visible"),)),
+    C("override-unknown-device", lambda t: _run(t, "device=tpu"), 2, ("command line", "device")),
+    C("override-unknown-target", lambda t: _run(t, "target=pdp-11"), 2, ("command line", "target", "unknown target")),
+    C("option-only-unknown-stage", lambda t: _run(t, "--only", "nostage"), 2, ("command line", "--only nostage")),
+    C("option-force-unknown-stage", lambda t: _run(t, "--force", "nostage"), 2, ("command line", "--force nostage")),
+    C("option-only-needs-upstream", lambda t: _run(t, "--only", "prefer"), 2, ("elicit.json", "prefer", "elicit")),
+    C("option-out-is-a-file", lambda t: ["run", "--out", t.file("outfile", "x")], 2, ("outfile", "--out")),
+    C("run-dir-is-a-file", lambda t: ["run", "--out", str(Path(t.file("o/default", "x")).parent)], 2,
+      ("default", "not a run directory")),
+    # --- device targets ----------------------------------------------------------------------------------
+    C("target-unknown-name", lambda t: _run(t, "--target", "pdp-11"), 2, ("pdp-11", "target", "unknown target")),
+    C("target-missing-file", lambda t: _run(t, "--target", str(t.inp / "nope.toml")), 2,
+      ("nope.toml", "no such target file")),
+    C("target-toml-syntax", lambda t: _run(t, "--target", t.file("t.toml", "[target]\nname = = 'x'\n")), 2,
+      ("t.toml", "line 2")),
+    C("target-not-utf8", lambda t: _run(t, "--target", t.file("t.toml", b"[target]\nname = '\xff'\n")), 2,
+      ("t.toml", "UTF-8")),
+    C("target-missing-field", lambda t: _run(t, *_target(t, _set("runtime.intra_op_threads", DELETE))), 2,
+      ("t.toml", "runtime.intra_op_threads", "missing")),
+    C("target-missing-section", lambda t: _run(t, *_target(t, _set("bench", DELETE))), 2, ("t.toml", "bench")),
+    C("target-wrong-type", lambda t: _run(t, *_target(t, _set("runtime.intra_op_threads", "two"))), 2,
+      ("t.toml", "runtime.intra_op_threads")),
+    C("target-bool-as-int", lambda t: _run(t, *_target(t, _set("runtime.allow_spinning", 1))), 2,
+      ("t.toml", "runtime.allow_spinning")),
+    C("target-unknown-field", lambda t: _run(t, *_target(t, _set("target.colour", "red"))), 2,
+      ("t.toml", "target.colour", "unknown field")),
+    C("target-bad-engine", lambda t: _run(t, *_target(t, _set("runtime.engine", "tensorrt"))), 2,
+      ("t.toml", "runtime.engine")),
+    C("target-zero-repeats", lambda t: _run(t, *_target(t, _set("bench.repeats", 0))), 2, ("t.toml", "bench.repeats")),
+    C("target-int4-without-blocks", lambda t: _run(t, *_target(t, _set("quant.weights.dtype", "int4"))), 2,
+      ("t.toml", "quant", "int4")),
+    C("target-group-size-per-channel", lambda t: _run(t, *_target(t, _set("quant.weights.group_size", 32))), 2,
+      ("t.toml", "quant.weights.group_size", "per_group")),
+    C("target-static-without-calibration", lambda t: _run(t, *_target(t, _set("quant.activations.mode", "static"))),
+      2, ("t.toml", "quant.activations")),
+    C("target-dynamic-symmetric", lambda t: _run(t, *_target(t, _set("quant.activations.symmetric", True))), 2,
+      ("t.toml", "quant.activations", "symmetric")),
+    C("target-block-size-not-power-of-two",
+      lambda t: _run(t, *_target(t, _set("quant.weight_only_blocks", {"enabled": False, "bits": 8, "block_size": 48,
+                                                                       "accuracy_level": 0}))), 2,
+      ("t.toml", "quant.weight_only_blocks.block_size", "power of two")),
+    C("target-no-budgets", lambda t: _run(t, *_target(t, lambda d: d.__setitem__("budgets", {}))), 2,
+      ("t.toml", "budgets")),
+    C("target-accuracy-drop-above-one", lambda t: _run(t, *_target(t, _set("budgets.max_accuracy_drop", 2.0))), 2,
+      ("t.toml", "budgets.max_accuracy_drop")),
+    # --- task files -------------------------------------------------------------------------------------
+    C("gsm8k-missing-file", lambda t: _run(t, "task.name=gsm8k", f"task.path={t.inp / 'missing.jsonl'}"), 2,
+      ("missing.jsonl", "file not found")),
+    C("gsm8k-bad-json-line", lambda t: _gsm(t, GOOD_GSM + '{"question": "x", \n'), 2,
+      ("gsm.jsonl", "line 2", "invalid JSON")),
+    C("gsm8k-line-not-object", lambda t: _gsm(t, '["question", "answer"]\n'), 2, ("gsm.jsonl", "line 1",
+                                                                                     "JSON object")),
+    C("gsm8k-missing-answer", lambda t: _gsm(t, '{"question": "1+1?"}\n'), 2, ("gsm.jsonl", "line 1: answer",
+                                                                               "missing")),
+    C("gsm8k-question-not-string", lambda t: _gsm(t, '{"question": 3, "answer": "#### 3"}\n'), 2,
+      ("gsm.jsonl", "line 1: question")),
+    C("gsm8k-no-final-marker", lambda t: _gsm(t, GOOD_GSM + '{"question": "x", "answer": "no marker"}\n'), 2,
+      ("gsm.jsonl", "line 2", "answer")),
+    C("gsm8k-empty-file", lambda t: _gsm(t, "\n\n"), 2, ("gsm.jsonl", "no records")),
+    C("gsm8k-too-few-records", lambda t: _gsm(t, GOOD_GSM), 2, ("gsm.jsonl", "n_seed")),
+    C("gsm8k-not-utf8", lambda t: _gsm(t, b'{"question": "\xff"}\n'), 2, ("gsm.jsonl", "cannot read")),
+    C("bbh-bad-json", lambda t: _bbh(t, '{"examples": [\n  {"input": "x",\n'), 2, ("bbh_task.json", "line")),
+    C("bbh-no-examples", lambda t: _bbh(t, {"canary": "x"}), 2, ("bbh_task.json", "examples", "missing")),
+    C("bbh-empty-examples", lambda t: _bbh(t, {"examples": []}), 2, ("bbh_task.json", "examples", "empty")),
+    C("bbh-missing-target", lambda t: _bbh(t, {"examples": [{"input": "x"}]}), 2,
+      ("bbh_task.json", "examples[0].target", "missing")),
+    C("bbh-example-not-object", lambda t: _bbh(t, {"examples": ["x"]}), 2, ("bbh_task.json", "examples[0]")),
+    C("bbh-cot-prompt-missing", lambda t: _bbh(t, BBH_OK, cot=str(t.inp / "nope.txt")), 2,
+      ("nope.txt", "file not found")),
+    C("bbh-cot-prompt-no-demos", lambda t: _bbh(t, BBH_OK, cot=t.file("cot.txt", "Task description: x\n")), 2,
+      ("cot.txt", "demonstrations")),
+    C("bbh-cot-prompt-no-answer", lambda t: _bbh(t, BBH_OK, cot=t.file("cot.txt", "x\n\nQ: a?\nA: dunno\n")), 2,
+      ("cot.txt", "demo 1", "answer is")),
+    C("mc-options-not-list", lambda t: _mc(t, '{"question": "q", "options": "A or B", "answer": "A"}\n'), 2,
+      ("mc.jsonl", "line 1: options")),
+    C("mc-answer-out-of-range", lambda t: _mc(t, '{"question": "q", "options": ["a", "b"], "answer": 5}\n'), 2,
+      ("mc.jsonl", "line 1: answer")),
+    C("cot-prompt-for-gsm8k", lambda t: _gsm(t, GOOD_GSM * 5) + [f"task.cot_prompt={t.file('cot.txt', 'x')}"], 2,
+      ("command line", "task.cot_prompt")),
+    C("toy-arith-with-missing-path", lambda t: _run(t, f"task.path={t.inp / 'data.jsonl'}"), 2,
+      ("data.jsonl", "task.path", "file not found")),
+    C("toy-arith-with-a-path", lambda t: _run(t, f"task.path={t.file('data.jsonl', GOOD_GSM)}"), 2,
+      ("command line", "task.path", "data.jsonl")),
+    # --- TeacherLM annotation dataset -------------------------------------------------------------------
+    C("annotate-missing-on-finished-run",
+      lambda t: [*(t.finished() and ()), *_run(t, "--only", "elicit", f"elicit.annotate.path={t.inp / 'missing.jsonl'}")],
+      2, ("missing.jsonl", "elicit.annotate.path", "file not found")),
+    C("annotate-gsm8k-missing", lambda t: _run(t, "elicit.annotate.name=gsm8k",
+                                               f"elicit.annotate.path={t.inp / 'missing.jsonl'}"), 2,
+      ("missing.jsonl", "file not found")),
+    C("annotate-gsm8k-bad-line",
+      lambda t: _run(t, "elicit.annotate.name=gsm8k",
+                     "elicit.annotate.path=" + t.file("ann.jsonl", GOOD_GSM + "{oops}" + NL)), 2,
+      ("ann.jsonl", "line 2")),
+    C("annotate-without-path", lambda t: _run(t, "elicit.annotate.name=gsm8k"), 2,
+      ("command line", "elicit.annotate.path")),
+    C("annotate-bad-order", lambda t: _run(t, "elicit.annotate.name=toy-arith", "elicit.annotate_order=XYZ"), 2,
+      ("command line", "elicit.annotate_order")),
+    C("model-results-missing", lambda t: _run(t, f"prefer.model_results={t.inp / 'irt.json'}"), 2,
+      ("irt.json", "prefer.model_results")),
+    # --- model folders ----------------------------------------------------------------------------------
+    C("model-folder-missing", lambda t: _run(t, f"student.path={t.inp / 'nope'}"), 2,
+      ("nope", "does not exist", "student.path")),
+    C("model-folder-missing-relative", lambda t: _run(t, "teacher.path=./no/such/model"), 2,
+      ("no/such/model", "does not exist", "teacher.path")),
+    C("model-folder-is-a-file", lambda t: _run(t, f"student.path={t.file('weights.bin', 'x')}"), 2,
+      ("weights.bin", "not a folder")),
+    C("model-no-config-json", lambda t: _run(t, f"student.path={_model(t, 'm', config=None)}"), 2,
+      ("config.json", "missing", "student.path")),
+    C("model-invalid-config-json", lambda t: _run(t, "student.path=" + _model(t, "m", config='{"a": 1,\n oops}')),
+      2, ("config.json", "line 2", "not valid JSON")),
+    C("model-config-json-not-object", lambda t: _run(t, f"student.path={_model(t, 'm', config='[1, 2]')}"), 2,
+      ("config.json", "JSON object")),
+    C("model-pickle-only", lambda t: _run(t, f"student.path={_model(t, 'm', weights='bin')}"), 2,
+      ("weights", "only pickled", "student.path")),
+    C("model-no-weights", lambda t: _run(t, f"student.path={_model(t, 'm', weights=None)}"), 2,
+      ("weights", "no weights", "student.path")),
+    C("model-auto-map-student", lambda t: _run(t, f"student.path={_model(t, 'm', extra={'auto_map': {'AutoModelForCausalLM': 'x.Y'}})}"),
+      2, ("config.json", "auto_map", "trust_remote_code")),
+    C("model-auto-map-teacher", lambda t: _run(t, f"teacher.path={_model(t, 'm', extra={'auto_map': {'AutoConfig': 'x.C'}})}"),
+      2, ("config.json", "auto_map", "teacher.path")),
+    C("model-unknown-embedded", lambda t: _run(t, "student.path=embedded:giant"), 2,
+      ("command line", "student.path", "unknown embedded")),
+    C("model-hub-id-not-cached", lambda t: _run(t, "student.path=nobody/not-a-model"), 2,
+      ("nobody/not-a-model", "cache", "student.path")),
+    C("model-hub-id-cached-with-auto-map", lambda t: [
+        *_run(t, "teacher.path=somebody/remote-code"),
+        t.file("hub/config.json", json.dumps({"model_type": "llama", "auto_map": {"AutoConfig": "a.B"}}))][:-1],
+      2, ("config.json", "auto_map", "teacher.path"),
+      patch=lambda mp: mp.setattr(models, "_cached", lambda repo, f: str(Path(os.environ["BAD_INPUTS_TMP"]) / "in" /
+                                                                         "hub" / "config.json"))),
+    C("model-pickle-only-via-config-file",
+      lambda t: _run(t, "--config", t.file("c.yaml", f"student:\n  path: {_model(t, 'm', weights='bin')}\n")), 2,
+      ("only pickled", "student.path", "c.yaml")),
+    # --- run directories --------------------------------------------------------------------------------
+    C("status-missing-run", lambda t: ["status", str(t.inp / "nope")], 2, ("manifest.json", "not a run directory")),
+    C("status-truncated-manifest", lambda t: [_truncate(t.finished() / "manifest.json"), "status", str(t.run)][1:], 2,
+      ("manifest.json", "line", "not valid JSON")),
+    C("status-manifest-not-object", lambda t: [(t.finished() / "manifest.json").write_text("[]"),
+                                               "status", str(t.run)][1:], 2, ("manifest.json", "JSON object")),
+    C("status-truncated-record", lambda t: [_truncate(t.finished() / "records" / "elicit.json"),
+                                            "status", str(t.run)][1:], 2, ("elicit.json", "line")),
+    C("run-on-truncated-manifest", lambda t: [_truncate(t.finished() / "manifest.json"), *_run(t, "--force", "elicit")][1:],
+      2, ("manifest.json", "line")),
+    C("run-on-truncated-record", lambda t: [_truncate(t.finished() / "records" / "prefer.json"), *_run(t)][1:], 2,
+      ("prefer.json", "line")),
+    C("stage-on-non-run-folder", lambda t: ["elicit", "--run", str(t.inp)], 2, ("config.yaml", "not a run directory")),
+    C("stage-on-missing-folder", lambda t: ["distill", "--run", str(t.inp / "nope")], 2,
+      ("config.yaml", "not a run directory")),
+    C("bench-stage-on-non-run-folder", lambda t: ["bench", "--run", str(t.inp)], 2, ("config.yaml", "run directory")),
+    C("stage-with-broken-config-yaml", lambda t: [(t.finished() / "config.yaml").write_text("seed: [\n"),
+                                                  "elicit", "--run", str(t.run)][1:], 2, ("config.yaml", "line 2")),
+    C("stage-with-bad-value-in-config-yaml", lambda t: [(t.finished() / "config.yaml").write_text("name: ../x\n"),
+                                                        "elicit", "--run", str(t.run)][1:], 2, ("config.yaml", "name")),
+    C("stage-missing-upstream", lambda t: [(t.finished() / "records" / "elicit.json").unlink(),
+                                           "prefer", "--run", str(t.run)][1:], 2, ("elicit.json", "prefer")),
+    C("stage-on-truncated-record", lambda t: [_truncate(t.finished() / "records" / "elicit.json"),
+                                              "prefer", "--run", str(t.run)][1:], 2, ("elicit.json", "line")),
+    # --- environment: full or read-only disk, lock held (exit 3) ----------------------------------------
+    C("enospc-manifest-new-run", lambda t: _run(t), 3, ("manifest.json", "No space left on device"),
+      patch=lambda mp: mp.setattr(rundir, "write_json_atomic", _enospc)),
+    C("enospc-config-new-run", lambda t: _run(t), 3, ("config.yaml", "No space left on device"),
+      patch=lambda mp: mp.setattr(rundir, "write_text_atomic", _enospc)),
+    C("enospc-finished-run", lambda t: [t.finished(), *_run(t, "--force", "elicit", "seed=5")][1:], 3,
+      ("manifest.json", "No space left on device"), patch=lambda mp: mp.setattr(rundir, "write_json_atomic", _enospc)),
+    C("erofs-out-folder", lambda t: _run(t), 3, ("runs", "Read-only file system"),
+      patch=lambda mp: mp.setattr(Path, "mkdir", _erofs_mkdir)),
+    C("eacces-out-folder", lambda t: _run(t), 3, ("runs", "Permission denied"),
+      patch=lambda mp: mp.setattr(Path, "mkdir", _eacces_mkdir)),
+    C("chmod-read-only-out", lambda t: [os.chmod(t.inp, 0o555), "run", "--out", str(t.inp / "runs")][1:], 3,
+      ("runs", "Permission denied"), marks=(pytest.mark.skipif(ROOT, reason="root writes through chmod 0o555"),)),
+    C("lock-held-new-folder", lambda t: [t.hold_lock(t.run), *_run(t)][1:], 3,
+      (".lock", "another tailor process (pid {pid})")),
+    C("lock-held-finished-run", lambda t: [t.hold_lock(t.finished()), *_run(t, "--force", "elicit")][1:], 3,
+      (".lock", "another tailor process (pid {pid})")),
+    C("lock-held-stage-command", lambda t: [t.hold_lock(t.finished()), "elicit", "--run", str(t.run), "--force"][1:],
+      3, (".lock", "pid {pid}")),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BAD_INPUTS_TMP", str(tmp_path))
+    t = Ctx(tmp_path)
+    argv = case.argv(t)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    if case.patch:
+        case.patch(monkeypatch)
+    try:
+        code = main(argv)
+    finally:
+        monkeypatch.undo()  # Path.mkdir and the write helpers back before looking at the folder
+        monkeypatch.setattr(pipeline, "STAGES", FAKE_STAGES)
+        if (tmp_path / "in").exists():
+            os.chmod(tmp_path / "in", 0o755)
+    # the one informational line about the host's INT8 kernel (edge_tailor.hostcpu) is not part of the error
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
+                    if not line.startswith(("INT8 kernel: ", "WARNING: INT8 kernel differs")))
+    assert code == case.code, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in case.needles:
+        assert needle.format(pid=os.getpid()) in err, f"{needle!r} not in {err!r}"
+    assert "Traceback" not in err
+    assert CALLS == [], "a stage ran despite the bad input"
+    assert _snapshot(tmp_path) == before, "bad input left files behind or changed a run directory"
+
+
+def test_catalogue_size():
+    by_code: dict[int, int] = {}
+    for case in CASES:
+        by_code[case.code] = by_code.get(case.code, 0) + 1
+    assert len(CASES) >= 60 and by_code[2] >= 50 and by_code[3] >= 5, by_code
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures once stages run: nothing half-written stays, the manifest says what failed.
+
+
+@pytest.mark.parametrize("exc, code", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/elicit/drafts.jsonl"), 3),
+    (KeyboardInterrupt("elicit interrupted"), None),
+])
+def test_failed_stage_leaves_no_partial_folder(exc, code, tmp_path, capsys):
+    out = tmp_path / "runs"
+    FAIL["elicit"] = exc
+    if code is None:
+        with pytest.raises(KeyboardInterrupt):
+            main(["run", "--out", str(out)])
+    else:
+        assert main(["run", "--out", str(out)]) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == "error: /x/elicit/drafts.jsonl: No space left on device"
+    run = out / "default"
+    assert CALLS == ["baseline", "elicit"]
+    assert not (run / "elicit").exists() and not (run / "records" / "elicit.json").exists()
+    assert (run / "baseline" / "out.txt").exists() and (run / "records" / "baseline.json").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["elicit"]["status"] == "failed"
+    assert type(exc).__name__ in manifest["stages"]["elicit"]["error"]
+    FAIL.clear()
+    CALLS.clear()
+    assert main(["run", "--out", str(out)]) == 0
+    assert CALLS == [s.name for s in FAKE_STAGES if s.name != "baseline"]  # the failed stage and what follows
+
+
+def test_record_write_failure_removes_the_stage(tmp_path, monkeypatch, capsys):
+    """A full disk while the record is written: no record, no folder, exit 3."""
+    real = rundir.write_json_atomic
+
+    def failing(path, data):
+        if path.parent.name == rundir.RECORDS and path.stem == "elicit":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(rundir, "write_json_atomic", failing)
+    assert main(["run", "--out", str(tmp_path / "runs")]) == 3
+    run = tmp_path / "runs" / "default"
+    assert "elicit.json: No space left on device" in capsys.readouterr().err
+    assert not (run / "elicit").exists() and not (run / "records" / "elicit.json").exists()
+    assert json.loads((run / "manifest.json").read_text())["stages"]["elicit"]["status"] == "failed"
+    assert not [p for p in run.rglob("*.tmp")], "a temp file was left"
+
+
+def test_bad_config_on_a_finished_run_keeps_config_yaml(tmp_path, capsys):
+    """The audit's case: a missing annotation file on a finished run rewrote config.yaml and removed
+    records/elicit.json; now it is refused first."""
+    out = tmp_path / "runs"
+    assert main(["run", "--out", str(out)]) == 0
+    before = _snapshot(out)
+    CALLS.clear()
+    assert main(["run", "--out", str(out), "--only", "elicit", "elicit.annotate.name=gsm8k",
+                 f"elicit.annotate.path={tmp_path / 'missing.jsonl'}"]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
+    assert _snapshot(out) == before and CALLS == []
+
+
+def test_run_name_stays_inside_out(tmp_path, capsys):
+    out = tmp_path / "a" / "runs"
+    assert main(["run", "--out", str(out), "name=../../escaped"]) == 2
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "a").exists()
+    assert main(["run", "--out", str(out), "name=ok-name_1.2"]) == 0
+    assert (out / "ok-name_1.2" / "config.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock: a second process fails at once; a killed holder leaves no lock that blocks.
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from edge_tailor.rundir import RunDir
+    with RunDir(sys.argv[1]).lock():
+        print("locked", flush=True)
+        time.sleep(120)
+""")
+
+
+def test_lock_from_another_process_then_released_when_it_dies(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--out", str(out)]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out / "default")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(out)
+        capsys.readouterr()
+        CALLS.clear()
+        assert main(["run", "--out", str(out), "--force", "elicit"]) == 3
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (f"error: {out / 'default' / '.lock'}: another tailor process (pid {holder.pid}) "
+                       "is using this run directory")
+        assert CALLS == [] and _snapshot(out) == before
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs; the OS drops the flock
+        holder.wait()
+    assert main(["run", "--out", str(out), "--force", "elicit"]) == 0
+    assert "elicit" in CALLS
+
+
+def test_lock_is_held_while_stages_run(tmp_path):
+    seen = []
+
+    def probe(cfg, run_dir):
+        fd = os.open(run_dir.root / ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(os.pread(fd, 32, 0).decode().strip())
+        finally:
+            os.close(fd)
+        return {"metrics": {}}
+
+    sys.modules["bad_inputs_fake.baseline"].run, real = probe, sys.modules["bad_inputs_fake.baseline"].run
+    try:
+        assert main(["run", "--out", str(tmp_path / "runs"), "--only", "baseline"]) == 0
+    finally:
+        sys.modules["bad_inputs_fake.baseline"].run = real
+    assert seen == [str(os.getpid())]

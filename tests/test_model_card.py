@@ -1,0 +1,59 @@
+"""The bundle's model card, rendered from what `report` assembles out of a run's records."""
+
+import json
+
+from edge_tailor.benchmarks.report import assemble
+from edge_tailor.export.model_card import render_model_card
+from edge_tailor.rundir import RunDir, write_json_atomic
+from edge_tailor.target import load_target
+
+
+def _records(tmp_path, head_quantized: bool) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    accuracy = lambda a, n=300: {"accuracy": a, "stderr": round((a * (1 - a) / n) ** 0.5, 4), "n": n}  # noqa: E731
+    records = {
+        "baseline": {"teacher_with_tools": accuracy(0.97), "teacher": accuracy(0.013),
+                     "student_before": {**accuracy(0.35), "tools": "calculator"}},
+        "distill": {"student_fp32": accuracy(0.5367), "qat": True,
+                    "training": {"examples": 673, "steps": 150, "fake_quantized_linears": 22}},
+        "export": {"student_int8": accuracy(0.5333), "chosen": "lm_head_fp32" if not head_quantized else "target",
+                   "parity": {"max_abs_logit_diff": 1e-5, "greedy_match": 8, "prompts": 8},
+                   "attempts": [{"setting": "target", "quantization": {"lm_head": {"quantized": True}, "fp32_matmuls": []}},
+                                *([] if head_quantized else [{"setting": "lm_head_fp32", "quantization": {
+                                    "lm_head": {"quantized": False}, "fp32_matmuls": ["/lm_head/MatMul"]}}])]},
+        "bench": {"ms_per_token_p50": 0.35, "ms_per_token_p95": 0.5, "ttft_ms": 3.0, "tokens_per_s": 2857.0,
+                  "peak_rss_mb": 79.0, "model_mb": 0.96,
+                  "reference": {"torch_fp32_ms_per_token_p50": 1.09, "edge_ms_per_token_p50": 0.38, "ratio": 0.35}},
+    }
+    for stage, metrics in records.items():
+        write_json_atomic(run.record_path(stage), {"stage": stage, "metrics": metrics})
+    return run
+
+
+def _card(tmp_path, head_quantized=True) -> str:
+    target = load_target("ci-x86")
+    report = assemble(_records(tmp_path, head_quantized), "ci-x86")
+    json.dumps(report)  # what the bundle stores
+    return render_model_card(target, report, {"task": "toy-arith"}, {"model.onnx": 0.96})
+
+
+def test_card_shows_fractions_counts_and_errors_not_raw_fields(tmp_path):
+    card = _card(tmp_path)
+    assert "| Student quantized (this bundle) | 53.3% | 2.9% |" in card
+    assert "| Teacher | 97.0% | 1.0% |" in card
+    assert "Test questions: 300." in card and "The student decodes with: calculator." in card
+    assert "Teacher without its generation tools: 1.3%." in card
+    assert "30000" not in card and "{'" not in card and "stderr" not in card
+
+
+def test_card_describes_the_file_shipped_after_a_fallback(tmp_path):
+    assert "output head quantized" in _card(tmp_path / "a", head_quantized=True)
+    card = _card(tmp_path / "b", head_quantized=False)
+    assert "output head fp32" in card and "output head quantized" not in card
+    assert "1 MatMul(s) kept in fp32" in card
+
+
+def test_card_states_units_once_in_mib(tmp_path):
+    card = _card(tmp_path)
+    assert "peak RSS, MiB" in card and "model size, MiB" in card and "| file | MiB |" in card
+    assert card.count("MiB (2^20 bytes)") == 1 and " MB" not in card
