@@ -21,6 +21,10 @@ def measured_value(report: dict, budget: str, source: str = "report.json") -> fl
     try:
         if budget == "max_accuracy_drop":
             return round(float(acc["student_fp32"]) - float(acc["student_int8"]), 4)
+        if budget == "max_top1_disagreement":
+            return round(1 - float(report["fidelity"]["top1_agreement"]), 4)
+        if budget == "max_mean_kl":
+            return round(float(report["fidelity"]["mean_kl"]), 5)
         if budget == "ms_per_token_vs_torch_fp32":
             ref = lat["reference"]  # both measured interleaved in one process
             return round(float(ref["edge_ms_per_token_p50"]) / float(ref["torch_fp32_ms_per_token_p50"]), 4)
@@ -39,7 +43,7 @@ def check_budgets(report: dict, target: Target, source: str = "report.json",
         out[b.name] = {"limit": b.limit, "measured": value, "passed": value <= b.limit, "kind": b.kind,
                        "unit": b.unit}
         kernel = report.get("kernel") or {}
-        if b.name == "max_accuracy_drop" and kernel and not (kernel.get("exact_on_host") and kernel.get("same_arch")):
+        if b.name in ("max_accuracy_drop", "max_top1_disagreement", "max_mean_kl") and kernel and not (kernel.get("exact_on_host") and kernel.get("same_arch")):
             out[b.name]["measured_on"] = f"host kernel {kernel['host_kernel']}, not the device's"
     return out
 

@@ -32,20 +32,16 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
-import statistics
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from .engines import EdgeEngine, Engine, OptimumEngine, TorchEngine, run_rounds
+from .hardware import machine_info, measure_bandwidth, weight_bytes_per_token
 
 
 @dataclass(frozen=True)
@@ -102,17 +98,10 @@ def build_model(model_dir: Path, size: ModelSize, seed: int = 0) -> dict:
 
 def _weight_only_target(bits: int, block: int = 128):
     """ci-x86 with weight-only MatMulNBits (int8 compute, symmetric, head included) instead of dynamic INT8."""
-    from edge_tailor.target import Target, load_target
+    from edge_tailor.export.quantize import weight_only_variant
+    from edge_tailor.target import load_target
 
-    data = load_target("ci-x86").model_dump()
-    data["target"]["name"] = f"ci-x86-w{bits}-b{block}"
-    data["quant"]["reduce_range"] = False  # 8-bit weight-only blocks keep all 8 bits
-    data["quant"].update(weights={"dtype": "int4" if bits == 4 else "int8", "symmetric": True,
-                                  "granularity": "per_group", "group_size": block},
-                         activations={"dtype": "none", "symmetric": False, "granularity": "per_token",
-                                      "mode": "dynamic", "calibration_samples": None},
-                         weight_only_blocks={"enabled": True, "bits": bits, "block_size": block, "accuracy_level": 4})
-    return Target.model_validate(data)
+    return weight_only_variant(load_target("ci-x86"), bits, block)
 
 
 def prepare(out: Path, size: ModelSize, log: Callable[[str], None]) -> dict:
@@ -159,148 +148,7 @@ def prepare(out: Path, size: ModelSize, log: Callable[[str], None]) -> dict:
     return {"dirs": dirs, "model": info, "prepare_seconds": steps}
 
 
-def weight_bytes_per_token(onnx_path: Path) -> int:
-    """Bytes of the weights a decode step reads: every constant input of a (quantized) MatMul, scales included.
-
-    The embedding table is left out (a step gathers one row of it); norms and biases are a rounding error.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    sizes = {}
-    for t in model.graph.initializer:
-        sizes[t.name] = numpy_helper.to_array(t).nbytes if not t.external_data else \
-            int(next(e.value for e in t.external_data if e.key == "length"))
-    matmuls = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gemm", "QLinearMatMul"}
-    used = {i for n in model.graph.node if n.op_type in matmuls for i in n.input if i in sizes}
-    # DequantizeLinear feeding a MatMul (QDQ format) reads its quantized weight too
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for n in model.graph.node:
-        if n.op_type in matmuls:
-            for i in n.input:
-                p = producer.get(i)
-                if p is not None and p.op_type == "DequantizeLinear":
-                    used |= {x for x in p.input if x in sizes}
-    return sum(sizes[i] for i in used)
-
-
-# --- memory bandwidth ------------------------------------------------------------------------------
-
-def measure_bandwidth(mb: int = 512, repeats: int = 7, threads: int = 2) -> dict:
-    """Read bandwidth in GB/s over a float32 buffer far larger than the caches; the fastest reader counts.
-
-    Readers: numpy's max (vectorised, cheap per byte; Python threads over disjoint slices read in
-    parallel since numpy drops the GIL) and torch's sum, on 1 and on ``threads`` threads. A reader
-    that computes more per byte (numpy's pairwise float64 sum: ~17 GB/s where these reach ~38)
-    would understate the bandwidth and so the floor. The best of the repeats is what the memory
-    system can deliver.
-    """
-    import torch
-
-    data = np.ones(mb * 2**20 // 4, dtype=np.float32)  # written, so every page is resident
-    tensor = torch.from_numpy(data)
-    parts = np.array_split(data, threads)
-
-    def numpy_max_parallel() -> None:
-        workers = [threading.Thread(target=np.max, args=(p,)) for p in parts]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-
-    def torch_sum(n: int) -> Callable[[], object]:
-        def run() -> object:
-            torch.set_num_threads(n)
-            return tensor.sum()
-        return run
-
-    readers = {"numpy_max_1t": data.max, "torch_sum_1t": torch_sum(1)}
-    if threads > 1:
-        readers.update({f"numpy_max_{threads}t": numpy_max_parallel, f"torch_sum_{threads}t": torch_sum(threads)})
-    previous = torch.get_num_threads()
-    out = {}
-    for name, fn in readers.items():
-        fn()  # warm
-        best = min(_timed(fn) for _ in range(repeats))
-        out[name] = round(data.nbytes / best / 1e9, 2)
-    torch.set_num_threads(previous)
-    return {"read_gb_s": max(out.values()), "by_reader": out, "buffer_mb": mb}
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-# --- engines ---------------------------------------------------------------------------------------
-
-class Engine:
-    """One way to decode: ``decode(n)`` generates exactly ``n`` greedy tokens and returns them."""
-
-    name: str
-    kind: str  # "pytorch", "optimum" or "edge"
-    model_file: Path | None = None
-
-    def decode(self, n: int) -> list[int]:
-        raise NotImplementedError
-
-
-class GenerateEngine(Engine):
-    """Engines timed through Hugging Face's `generate` (PyTorch and Optimum)."""
-
-    def decode(self, n: int) -> list[int]:
-        with self.torch.inference_mode():
-            out = self.model.generate(self.ids, attention_mask=self.torch.ones_like(self.ids), max_new_tokens=n,
-                                      min_new_tokens=n, do_sample=False, pad_token_id=self.model.config.pad_token_id)
-        return out[0, self.ids.shape[1]:].tolist()
-
-
-class TorchEngine(GenerateEngine):
-    def __init__(self, model_dir: Path, prompt: list[int], threads: int):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(threads)
-        self.name, self.kind, self.torch = "pytorch fp32", "pytorch", torch
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.ids = torch.tensor([prompt])
-
-
-class OptimumEngine(GenerateEngine):
-    def __init__(self, name: str, onnx_dir: Path, prompt: list[int], threads: int):
-        import onnxruntime as ort
-        import torch
-        from optimum.onnxruntime import ORTModelForCausalLM
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.name, self.kind, self.torch, self.model_file = name, "optimum", torch, onnx_dir / "model.onnx"
-        # Optimum's defaults otherwise (no IOBinding on CPU): Optimum as a user runs it.
-        self.model = ORTModelForCausalLM.from_pretrained(onnx_dir, file_name="model.onnx", use_cache=True,
-                                                         provider="CPUExecutionProvider", session_options=options)
-        self.ids = torch.tensor([prompt])
-
-
-
-class EdgeEngine(Engine):
-    def __init__(self, name: str, onnx_dir: Path, prompt: list[int], threads: int, model_file: str = "model.onnx"):
-        from edge_tailor.export.runtime import EdgeModel
-
-        self.name, self.kind, self.model_file = name, "edge", onnx_dir / model_file
-        # the ci-x86 target's runtime block: 2 threads, spinning on, all graph optimizations
-        self.model = EdgeModel.load(onnx_dir, threads=threads, model_file=model_file)
-        self.model.eos_ids = []  # exactly n tokens, as min_new_tokens does for generate
-        self.prompt = prompt
-        self.in_loop_ms: list[float] = []
-
-    def decode(self, n: int) -> list[int]:
-        result = self.model.generate(self.prompt, max_new_tokens=n)
-        self.in_loop_ms = result.per_token_ms
-        return result.tokens
-
+# --- the engines it times (benchmarks/engines.py) ----------------------------------------------------
 
 ENGINES = {  # name: (kind, folder)
     "pytorch fp32": ("pytorch", "model"), "optimum fp32": ("optimum", "fp32"), "optimum int8": ("optimum", "int8"),
@@ -324,54 +172,6 @@ def make_engines(dirs: dict[str, Path], prompt: list[int], threads: int, log: Ca
             engines.append(EdgeEngine(name, dirs[folder], prompt, threads))
         log(f"[peers] loaded {name}")
     return engines
-
-
-# --- measuring -------------------------------------------------------------------------------------
-
-def per_token_ms(t_n: float, t_1: float, n: int) -> float:
-    """ms per generated token from end-to-end times (seconds) of an n-token and a 1-token decode."""
-    return (t_n - t_1) / (n - 1) * 1000
-
-
-def run_rounds(engines: list[Engine], new_tokens: int, rounds: int, warmup: int,
-               log: Callable[[str], None]) -> dict[str, dict]:
-    samples = {e.name: {"per_token": [], "t1": [], "in_loop": []} for e in engines}
-    tokens = {}
-    for r in range(warmup + rounds):
-        shift = r % len(engines)
-        for engine in engines[shift:] + engines[:shift]:  # rotate: no engine always runs after the same one
-            started = time.perf_counter()
-            engine.decode(1)
-            t1 = time.perf_counter() - started
-            started = time.perf_counter()
-            out = engine.decode(new_tokens)
-            tn = time.perf_counter() - started
-            if r >= warmup:
-                s = samples[engine.name]
-                s["per_token"].append(per_token_ms(tn, t1, new_tokens))
-                s["t1"].append(t1 * 1000)
-                if isinstance(engine, EdgeEngine):
-                    s["in_loop"].append(statistics.median(engine.in_loop_ms))
-            tokens[engine.name] = out
-        label = "warm-up" if r < warmup else "round"
-        log(f"[peers] {label} {r + 1 if r < warmup else r - warmup + 1}: " + ", ".join(
-            f"{n} {s['per_token'][-1]:.2f}" for n, s in samples.items() if s["per_token"] and r >= warmup))
-    results = {}
-    for e in engines:
-        s = samples[e.name]
-        q1, q3 = np.percentile(s["per_token"], [25, 75])
-        results[e.name] = {
-            "kind": e.kind, "ms_per_token": round(statistics.median(s["per_token"]), 3),
-            "ms_per_token_iqr": [round(float(q1), 3), round(float(q3), 3)],
-            "ms_per_token_rounds": [round(x, 3) for x in s["per_token"]],
-            "ttft_ms": round(statistics.median(s["t1"]), 2),
-            "edge_in_loop_ms_per_token": round(statistics.median(s["in_loop"]), 3) if s["in_loop"] else None,
-            "model_file": str(e.model_file) if e.model_file else None,
-            "model_mb": round(e.model_file.stat().st_size / 1e6, 1) if e.model_file else None,
-            "weight_mb_per_token": round(weight_bytes_per_token(e.model_file) / 1e6, 1) if e.model_file else None,
-            "tokens": tokens[e.name],
-        }
-    return results
 
 
 def parity(results: dict[str, dict]) -> dict:
@@ -500,19 +300,6 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "nice": os.nice(0), "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -537,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", type=lambda v: [n.strip() for n in v.split(",")], default=None,
                         help=f"comma-separated subset to time (default all): {', '.join(ENGINES)}")
     args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the models are built here: nothing to fetch
     unknown = [n for n in args.engines or [] if n not in ENGINES]
     if unknown:
         parser.error(f"unknown engine(s) {unknown}; choose from: {', '.join(ENGINES)}")

@@ -12,6 +12,8 @@ import torch
 
 from edge_tailor.export.runtime import EdgeModel
 
+from .engines import interleave
+
 
 @torch.no_grad()
 def torch_decode_ms(model, prompt_ids: list[int], new_tokens: int) -> list[float]:
@@ -36,13 +38,11 @@ def interleaved(model_dir: Path, bundle: Path, prompt_ids: list[int], new_tokens
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     edge = EdgeModel.load(bundle, threads=threads, model_file=model_file)
     edge.eos_ids = []
-    torch_ms, edge_ms = [], []
-    for r in range(warmup + rounds):
-        t = torch_decode_ms(model, prompt_ids, new_tokens)
-        e = edge.generate(prompt_ids, max_new_tokens=new_tokens).per_token_ms
-        if r >= warmup:
-            torch_ms += t
-            edge_ms += e
+    # no rotation: torch then edge in every round, the order the recorded reference ratios were measured in
+    kept = interleave({"torch": lambda: torch_decode_ms(model, prompt_ids, new_tokens),
+                       "edge": lambda: edge.generate(prompt_ids, max_new_tokens=new_tokens).per_token_ms},
+                      rounds, warmup, rotate=False)
+    torch_ms, edge_ms = ([ms for one in kept[name] for ms in one] for name in ("torch", "edge"))
     t50, e50 = statistics.median(torch_ms), statistics.median(edge_ms)
     return {"torch_fp32_ms_per_token_p50": round(t50, 4), "edge_ms_per_token_p50": round(e50, 4),
             "ratio": round(e50 / t50, 4), "rounds": rounds, "warmup": warmup, "threads": threads,

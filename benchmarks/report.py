@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_tailor.rundir import RunDir
+from edge_tailor.rundir import RunDir, write_json_atomic
 from edge_tailor.target import load_target
 
 from .gate import check_budgets
@@ -81,6 +81,7 @@ def assemble(run: RunDir, target_name: str) -> dict:
     latency["reference"] = bench.get("reference")
     latency["variants"] = bench.get("variants")
     latency["peers"] = bench.get("peers")
+    latency["fp32_graph"] = bench.get("fp32_graph")
     report = {
         "target": target_name,
         "accuracy": accuracy,
@@ -90,10 +91,15 @@ def assemble(run: RunDir, target_name: str) -> dict:
         "latency": latency,
         "alignment": {"held_out": rec["generate"].get("held_out"), "pairs": rec["align"].get("pairs"),
                       "reward_margin": rec["align"].get("reward_margin")},
-        "export": {"parity": export.get("parity"), "fallback": export.get("chosen"),
+        # the shipped file against the fp32 graph, per held-out position (edge_tailor.export.fidelity)
+        "fidelity": export.get("fidelity"),
+        "export": {"parity": export.get("parity"), "fallback": export.get("chosen"), "graph": export.get("graph"),
+                   "attempts": [_attempt_summary(a, (bench.get("attempts") or {}).get(a["setting"]))
+                                for a in export.get("attempts") or []],
                    "weight_only": export.get("weight_only"),
                    # what the shipped file is: the final attempt's quantization (the card describes this)
-                   "quantization": (export.get("attempts") or [{}])[-1].get("quantization")},
+                   "quantization": next((a["quantization"] for a in export.get("attempts") or [] if a.get("shipped")),
+                                        None)},
         # the CPU the INT8 accuracy was measured on, against the target's kernel (edge_tailor.hostcpu)
         "kernel": export.get("kernel") or bench.get("kernel"),
         "stages": {s: info.get("seconds") for s, info in run.manifest().get("stages", {}).items()},
@@ -102,6 +108,29 @@ def assemble(run: RunDir, target_name: str) -> dict:
     report["budgets"] = check_budgets(report, load_target(target_name))
     report["passed"] = all(b["passed"] for b in report["budgets"].values())
     return report
+
+
+PLOTS = "report"  # <run>/report/*.png
+
+
+def write_report(run_dir: RunDir, target: str) -> dict:
+    """Assemble report.json from the run's records, write it with report.md and the plots; return it."""
+    report = assemble(run_dir, target)
+    plots(report, run_dir.root / PLOTS)
+    write_json_atomic(run_dir.root / "report.json", report)
+    (run_dir.root / "report.md").write_text(markdown(report, PLOTS))
+    return report
+
+
+def _attempt_summary(attempt: dict, latency: dict | None) -> dict:
+    """One candidate quantization as the report shows it: what it is, how faithful, how accurate, how fast."""
+    files = attempt["quantization"]["files"]
+    acc = attempt["accuracy"]["model.onnx"]
+    return {"setting": attempt["setting"], "kind": files["model.onnx"]["kind"], "mb": files["model.onnx"]["mb"],
+            "accuracy": acc["accuracy"], "stderr": acc["stderr"], "drop": attempt["drop"],
+            "top1_agreement": attempt["fidelity"]["top1_agreement"], "mean_kl": attempt["fidelity"]["mean_kl"],
+            "holds": attempt["holds"], "shipped": attempt["shipped"], "measured_only": attempt.get("measured_only", False),
+            "ms_per_token_p50": (latency or {}).get("ms_per_token_p50")}
 
 
 def _fmt(value, pct: bool = True) -> str:
@@ -135,27 +164,48 @@ def plots(report: dict, folder: Path) -> list[str]:
     fig.savefig(folder / "accuracy.png", dpi=120)
     plt.close(fig)
 
-    lat = report["latency"]
-    points = []
-    ref = lat.get("reference") or {}
-    if ref.get("torch_fp32_ms_per_token_p50"):
-        points.append(("PyTorch fp32", ref["torch_fp32_ms_per_token_p50"], acc.get("student_fp32")))
-    for name, v in (lat.get("variants") or {}).items():
-        accuracy = acc.get("student_int8") if name == "model.onnx" else \
-            ((report["export"].get("weight_only") or {}).get(name) or {}).get("accuracy")
-        points.append((f"edge {name}", v["ms_per_token_p50"], accuracy))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for label, ms, a in points:
-        if a is not None:
-            ax.scatter([ms], [a], s=40)
-            ax.annotate(label, (ms, a), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("ms per generated token (p50)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against latency", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(folder / "accuracy_latency.png", dpi=120)
-    plt.close(fig)
+    _accuracy_latency_plot(report, folder / "accuracy_latency.png", plt)
     return ["accuracy.png", "accuracy_latency.png"]
+
+
+def _accuracy_latency_plot(report: dict, path: Path, plt) -> None:
+    """Every variant measured (fp32 graph, each candidate quantization), with sampling-error bars, the
+    accuracy budget (fp32 minus the allowed drop) and the latency budget drawn, the shipped file ringed."""
+    acc, lat = report["accuracy"], report["latency"]
+    budgets = report.get("budgets") or {}
+    points = []
+    fp32_ms = (lat.get("fp32_graph") or {}).get("ms_per_token_p50")
+    if fp32_ms and acc.get("student_fp32") is not None:
+        points.append(("fp32 graph", fp32_ms, acc["student_fp32"], acc["stderr"].get("student_fp32") or 0, False))
+    for a in (report.get("export") or {}).get("attempts") or []:
+        if a.get("ms_per_token_p50") is not None:
+            points.append((f"{a['setting']} ({a['kind']})", a["ms_per_token_p50"], a["accuracy"], a["stderr"], a["shipped"]))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, ms, a, err, shipped in points:
+        ax.errorbar([ms], [a], yerr=[err], fmt="o", capsize=4, label=label,
+                    markeredgecolor="black" if shipped else None, markeredgewidth=2 if shipped else 0)
+    if acc.get("student_fp32") is not None and "max_accuracy_drop" in budgets:
+        floor = acc["student_fp32"] - budgets["max_accuracy_drop"]["limit"]
+        ax.axhline(floor, color="#c33", linestyle="--", linewidth=1, label=f"accuracy budget (fp32 - {budgets['max_accuracy_drop']['limit']:g})")
+    ref = lat.get("reference") or {}
+    if "ms_per_token_p50" in budgets:
+        ax.axvline(budgets["ms_per_token_p50"]["limit"], color="#36c", linestyle="--", linewidth=1, label="latency budget (p50)")
+    elif "ms_per_token_vs_torch_fp32" in budgets and ref.get("torch_fp32_ms_per_token_p50"):
+        # a relative budget, drawn at this run's interleaved PyTorch figure
+        limit = budgets["ms_per_token_vs_torch_fp32"]["limit"] * ref["torch_fp32_ms_per_token_p50"]
+        ax.axvline(limit, color="#36c", linestyle="--", linewidth=1, label="latency budget (x PyTorch fp32)")
+    values = [a for _, _, a, _, _ in points] + ([floor] if acc.get("student_fp32") is not None and "max_accuracy_drop" in budgets else [])
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.05, (high - low) * 0.3)  # never zoom to a sliver: differences within noise must look small
+        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    ax.set_xlabel("ms per generated token (p50, edge runtime, target threads)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against latency (shipped file ringed; bars: sampling error)", fontsize=9)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def ablation_verdict(ab: dict) -> str:
@@ -230,6 +280,20 @@ def markdown(report: dict, plot_folder: str) -> str:
         for name, p in peers.items():
             ratio = f"{p['ms_per_token'] / base:.2f}" if base else "-"
             lines.append(f"| {name} | {p['ms_per_token']:.3f} | {ratio} | {p['ttft_ms']:.2f} |")
+    attempts = (report.get("export") or {}).get("attempts") or []
+    if attempts:
+        graph = (report["export"].get("graph") or {})
+        lines += ["", f"Quantizations measured ({graph.get('attention', '?')} attention graph"
+                  + (f"; unfused because {graph['why']}" if graph.get("why") else "") + "; fidelity against the fp32 "
+                  "graph on held-out positions):", "",
+                  "| candidate | kind | MiB | accuracy | drop | top-1 agreement | KL | ms/token | holds budgets | shipped |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+        for a in attempts:
+            ms = f"{a['ms_per_token_p50']:.3f}" if a.get("ms_per_token_p50") is not None else "-"
+            lines.append(f"| {a['setting']} | {a['kind']} | {a['mb']:.2f} | {_fmt(a['accuracy'])} +- {_fmt(a['stderr'])} "
+                         f"| {100 * a['drop']:+.1f} | {100 * a['top1_agreement']:.1f}% | {a['mean_kl']:.4f} | {ms} | "
+                         f"{'measured only' if a['measured_only'] else 'yes' if a['holds'] else 'no'} | "
+                         f"{'**yes**' if a['shipped'] else ''} |")
     lines += ["", f"![accuracy against latency]({plot_folder}/accuracy_latency.png)", "",
               "## Budgets", "", "| budget | kind | limit | measured | passed |", "| --- | --- | --- | --- | --- |"]
     for name, b in report["budgets"].items():

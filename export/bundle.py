@@ -19,6 +19,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -42,12 +43,17 @@ MANIFEST = runtime.MANIFEST
 MANIFEST_SHA = runtime.MANIFEST_SHA
 SMOKE_PROMPT = "Hello"
 SMOKE_TOKENS = 8
+REFERENCE = "fidelity_reference.json"  # the fp32 graph's next tokens on held-out sequences (verify compares)
 
 
 def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir: str | Path, report: dict,
                 card_info: dict, smoke_prompt: str | None = None, decoding: dict | None = None,
-                replace_partial: bool = False) -> Path:
+                replace_partial: bool = False, reference: dict | None = None) -> Path:
     """Assemble the bundle and move it to ``out_dir`` (absent, empty or an older bundle, which it replaces).
+
+    ``reference``: ``{"sequences": [[ids]], "fp32_top1": [[ids]]}`` from the export (the fp32 graph's
+    next token at every position of held-out sequences); the bundle ships it and ``verify_bundle``
+    checks that the quantized model still agrees with it within the target's ``max_top1_disagreement``.
 
     A non-empty ``out_dir`` without a manifest.json is refused, unless ``replace_partial`` (the
     caller owns ``out_dir``, e.g. a run's ``bundle/``: whatever is there is replaced).
@@ -64,7 +70,8 @@ def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir:
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_temp_prefix(out_dir, "tmp")))
     try:
         os.chmod(work, 0o755)  # mkdtemp makes 0700; a bundle is meant to be shared
-        _assemble(work, quantized_dir, models, target_file, target, report, card_info, smoke_prompt, decoding)
+        _assemble(work, quantized_dir, models, target_file, target, report, card_info, smoke_prompt, decoding,
+                  reference)
         _move_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -73,7 +80,8 @@ def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir:
 
 
 def _assemble(out_dir: Path, quantized_dir: Path, models: list[str], target_file: Path, target: Target,
-              report: dict, card_info: dict, smoke_prompt: str | None, decoding: dict | None) -> None:
+              report: dict, card_info: dict, smoke_prompt: str | None, decoding: dict | None,
+              reference: dict | None) -> None:
     for name in models + [p.name for p in quantized_dir.glob("*.onnx_data")]:
         shutil.copy2(quantized_dir / name, out_dir / name)
     for name in SIDE_FILES:
@@ -91,6 +99,12 @@ def _assemble(out_dir: Path, quantized_dir: Path, models: list[str], target_file
     # for model.onnx only (genai reads one genai_config.json per folder); the other model files share
     # its inputs and cache layout: point genai at one with Config.overlay (genai_config.py's docstring)
     write_genai_config(out_dir, "model.onnx", target)
+    fidelity = None
+    if reference:
+        write_json_atomic(out_dir / REFERENCE, reference)
+        limit = target.budgets.max_top1_disagreement
+        fidelity = {"file": REFERENCE, "model_file": "model.onnx", "top1_agreement": _agreement(out_dir, reference),
+                    "min_top1_agreement": round(1 - (0.02 if limit is None else limit), 4)}
     (out_dir / "README.md").write_text(render_model_card(target, report, card_info, _sizes(out_dir, models)),
                                        encoding="utf-8")
 
@@ -102,7 +116,7 @@ def _assemble(out_dir: Path, quantized_dir: Path, models: list[str], target_file
                 "genai_config": GENAI_CONFIG,  # onnxruntime-genai's config, for model_file
                 # how the student was scored and should be decoded (read by edge_runtime.py --calculator auto)
                 "decoding": {"calculator": False, **(decoding or {})},
-                "versions": _versions(), "smoke": smoke, "files": files}
+                "versions": _versions(), "smoke": smoke, "fidelity": fidelity, "files": files}
     write_json_atomic(out_dir / MANIFEST, manifest)
     (out_dir / MANIFEST_SHA).write_text(f"{sha256_file(out_dir / MANIFEST)}  {MANIFEST}\n", encoding="utf-8")
 
@@ -138,6 +152,14 @@ def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = N
                                 f"{expected.name} ({target_hash(expected)[:12]})"
                                 + ("; same name, different values: rebuild the bundle" if same_name else ""))
 
+    fidelity = manifest.get("fidelity")
+    if fidelity:  # reproducing the recorded tokens is not enough: they must still be the fp32 model's
+        reference = json.loads((bundle / fidelity["file"]).read_text(encoding="utf-8"))
+        agreement = _agreement(bundle, reference, fidelity["model_file"])
+        if agreement < fidelity["min_top1_agreement"]:
+            raise ArtifactError(bundle / fidelity["model_file"], "fidelity",
+                                f"top-1 agreement with the fp32 reference {agreement:.3f} < "
+                                f"{fidelity['min_top1_agreement']:.3f} (at bundling: {fidelity['top1_agreement']:.3f})")
     smoke = manifest["smoke"]
     for model, expected_tokens in smoke["tokens"].items():
         tokens = _smoke_decode(bundle, model, smoke["prompt"], verify=False)  # just verified
@@ -224,7 +246,18 @@ def _smoke_decode(bundle: Path, model_file: str, prompt: str, verify: bool | Non
 
 
 def _sizes(out_dir: Path, models: list[str]) -> dict[str, float]:
-    return {m: round((out_dir / m).stat().st_size / 1e6, 3) for m in models}
+    return {m: round((out_dir / m).stat().st_size / 2**20, 3) for m in models}  # MiB, as everywhere
+
+
+def _agreement(bundle: Path, reference: dict, model_file: str = "model.onnx") -> float:
+    """Share of positions where ``model_file`` picks the fp32 reference's next token (teacher-forced)."""
+    model = runtime.EdgeModel.load(bundle, model_file=model_file, verify=False)
+    hits = total = 0
+    for sequence, expected in zip(reference["sequences"], reference["fp32_top1"]):
+        got = model.prefill_logits(sequence).argmax(-1).tolist()
+        hits += sum(a == b for a, b in zip(got, expected))
+        total += len(expected)
+    return round(hits / max(1, total), 4)
 
 
 def _versions() -> dict[str, str | None]:

@@ -288,3 +288,22 @@ def _count_quantized(path: Path) -> int:
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     qdq = sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in dequantized)
     return sum(ops[o] for o in _QUANTIZED_OPS) + qdq
+
+
+def weight_only_variant(target: Target, bits: int, block_size: int = 32, accuracy_level: int = 4) -> Target:
+    """The target with weight-only ``MatMulNBits`` in place of its scheme (int8 compute, symmetric, head included).
+
+    Per-block weight scales and activations kept in float survive the activation outliers that
+    per-tensor dynamic INT8 scales do not (measured on SmolLM2-135M: 95.7% top-1 agreement at 8 bits,
+    block 32, accuracy_level 4, against 58.6% for dynamic INT8); block 32 is llama.cpp's Q8_0/Q4_0 block.
+    """
+    data = target.model_dump()
+    data["target"]["name"] = f"{target.name}-w{bits}-b{block_size}"
+    data["quant"].update(
+        reduce_range=False,  # weight-only blocks keep all their bits: no u8 x s8 saturation to avoid
+        weights={"dtype": "int4" if bits == 4 else "int8", "symmetric": True, "granularity": "per_group",
+                 "group_size": block_size},
+        activations={"dtype": "none", "symmetric": False, "granularity": "per_token", "mode": "dynamic",
+                     "calibration_samples": None},
+        weight_only_blocks={"enabled": True, "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level})
+    return Target.model_validate(data)

@@ -336,23 +336,7 @@ class EdgeModel:
         stop_ids = set(self.eos_ids) | {s for s in stop or () if isinstance(s, int)}
         stop_strings = [s for s in stop or () if isinstance(s, str)]
         batch, width = len(rows), max(len(r) for r in rows)
-        input_ids = np.full((batch, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((batch, width), dtype=np.int64)
-        for b, r in enumerate(rows):
-            input_ids[b, width - len(r):] = r
-            mask[b, width - len(r):] = 1
-
-        binding = self.session.io_binding()
-        if self.shared_kv:
-            past = None  # bound once: every step reads and extends the same buffers
-            shape = [batch, self.kv_heads, width + max_new_tokens, self.head_dim]
-            for name, present in zip(self.past_names, self.present_names):
-                cache = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cpu", 0)
-                binding.bind_ortvalue_input(name, cache)
-                binding.bind_ortvalue_output(present, cache)
-        else:
-            empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-            past = {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
+        input_ids, mask, binding, past = self._start(rows, max_new_tokens)
         prefill_logits = np.empty((batch, width, self.vocab_size), dtype=self.logits_dtype)
         step_logits = np.empty((batch, 1, self.vocab_size), dtype=self.logits_dtype)
 
@@ -391,6 +375,34 @@ class EdgeModel:
                     text = text[:text.index(s)]
             results.append(GenerationResult(new[b], text, times[0], times[1:], reasons[b], len(r)))
         return results
+
+    def _start(self, rows: list[list[int]], max_new_tokens: int):
+        """Left-padded ids and mask, an IOBinding, and the empty KV cache (preallocated when shared)."""
+        batch, width = len(rows), max(len(r) for r in rows)
+        input_ids = np.full((batch, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((batch, width), dtype=np.int64)
+        for b, r in enumerate(rows):
+            input_ids[b, width - len(r):] = r
+            mask[b, width - len(r):] = 1
+        binding = self.session.io_binding()
+        if self.shared_kv:
+            past = None  # bound once: every step reads and extends the same buffers
+            shape = [batch, self.kv_heads, width + max_new_tokens, self.head_dim]
+            for name, present in zip(self.past_names, self.present_names):
+                cache = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cpu", 0)
+                binding.bind_ortvalue_input(name, cache)
+                binding.bind_ortvalue_output(present, cache)
+        else:
+            empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
+            past = {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
+        return input_ids, mask, binding, past
+
+    def prefill_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits ``[len(ids), vocab]`` of one pass over ``ids`` from an empty cache (teacher-forced scoring)."""
+        input_ids, mask, binding, past = self._start([list(ids)], 0)
+        logits = np.empty((1, len(ids), self.vocab_size), dtype=self.logits_dtype)
+        self._run(binding, input_ids, mask, past, logits)
+        return logits[0]
 
     def _run(self, binding: ort.IOBinding, step_ids: np.ndarray, mask: np.ndarray, past: dict | None,
              logits_buf: np.ndarray) -> dict | None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from edge_tailor.config import RunConfig
+from edge_tailor.dpo import train_dpo
 from edge_tailor.models import load_model
 from edge_tailor.sft import train_student
-from edge_tailor.stages.align import train_dpo
 from edge_tailor.toyworld.problems import make_splits
 from edge_tailor.toyworld.styles import render_rationale
 from edge_tailor.toyworld.task import toy_task

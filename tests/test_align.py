@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edge_tailor.config import RunConfig
-from edge_tailor.stages.align import train_dpo
+from edge_tailor.dpo import train_dpo
 from edge_tailor.toyworld.problems import make_splits
 from edge_tailor.toyworld.styles import render_rationale
 from edge_tailor.toyworld.task import toy_task
@@ -58,7 +58,7 @@ def test_dpo_trains_the_adapter_and_raises_the_margin(tmp_path):
 def test_a_second_round_trains_on_top_of_the_first(tmp_path):
     """Round 2's DPO starts from the round-1 teacher (its reference), and the teacher `generate` loads
     merges both adapters in order."""
-    from edge_tailor.stages.align import load_teacher
+    from edge_tailor.teacher import load_teacher
 
     pairs, cfg = _pairs_and_config(16, "verbose", max_steps=6, seed=1)
     train_dpo(cfg, pairs, tmp_path / "r1")

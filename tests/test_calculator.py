@@ -84,7 +84,7 @@ def test_int8_accuracy_on_the_default_world_is_within_the_ci_budget(embedded_stu
     from edge_tailor.config import RunConfig
     from edge_tailor.evaluate import evaluate_model
     from edge_tailor.generation import ToolSettings
-    from edge_tailor.stages.export import edge_accuracy
+    from edge_tailor.benchmarks.accuracy import edge_accuracy
     from edge_tailor.target import load_target
     from edge_tailor.toyworld.task import toy_task
 

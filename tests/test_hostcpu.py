@@ -67,12 +67,15 @@ def test_notes_say_what_a_figure_means():
 def test_gate_marks_accuracy_measured_on_another_kernel():
     vnni = load_target("x86-avx512-vnni")
     report = {"target": vnni.name, "accuracy": {"student_fp32": 0.5, "student_int8": 0.49},
+              "fidelity": {"top1_agreement": 0.99, "mean_kl": 0.001},
               "latency": {"ms_per_token_p50": 1, "ms_per_token_p95": 1, "ttft_ms": 1, "peak_rss_mb": 1, "model_mb": 1}}
     from edge_tailor.hostcpu import kernel_record
 
     report["kernel"] = kernel_record(vnni, AVX2_ONLY)
-    marked = check_budgets(report, vnni)["max_accuracy_drop"]
-    assert marked["measured_on"] == "host kernel avx2, not the device's"
+    checked = check_budgets(report, vnni)
+    for name in ("max_accuracy_drop", "max_top1_disagreement", "max_mean_kl"):
+        assert checked[name]["measured_on"] == "host kernel avx2, not the device's"
+    assert "measured_on" not in checked["ms_per_token_p50"]
     assert kernel_summary(report).startswith("WARNING: INT8 figures measured on a kernel other than the device's")
     report["kernel"] = kernel_record(vnni, VNNI)
     assert "measured_on" not in check_budgets(report, vnni)["max_accuracy_drop"]

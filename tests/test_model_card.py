@@ -8,6 +8,13 @@ from edge_tailor.rundir import RunDir, write_json_atomic
 from edge_tailor.target import load_target
 
 
+def _attempt(setting: str, quantization: dict, shipped: bool) -> dict:
+    files = {"model.onnx": {"kind": "int8-dynamic", "mb": 0.96}}
+    return {"setting": setting, "quantization": {**quantization, "files": files}, "shipped": shipped, "holds": shipped,
+            "accuracy": {"model.onnx": {"accuracy": 0.5333, "stderr": 0.0288, "n": 300}}, "drop": 0.0034,
+            "fidelity": {"top1_agreement": 0.995, "mean_kl": 0.0002}}
+
+
 def _records(tmp_path, head_quantized: bool) -> RunDir:
     run = RunDir(tmp_path / "run")
     accuracy = lambda a, n=300: {"accuracy": a, "stderr": round((a * (1 - a) / n) ** 0.5, 4), "n": n}  # noqa: E731
@@ -18,9 +25,10 @@ def _records(tmp_path, head_quantized: bool) -> RunDir:
                     "training": {"examples": 673, "steps": 150, "fake_quantized_linears": 22}},
         "export": {"student_int8": accuracy(0.5333), "chosen": "lm_head_fp32" if not head_quantized else "target",
                    "parity": {"max_abs_logit_diff": 1e-5, "greedy_match": 8, "prompts": 8},
-                   "attempts": [{"setting": "target", "quantization": {"lm_head": {"quantized": True}, "fp32_matmuls": []}},
-                                *([] if head_quantized else [{"setting": "lm_head_fp32", "quantization": {
-                                    "lm_head": {"quantized": False}, "fp32_matmuls": ["/lm_head/MatMul"]}}])]},
+                   "attempts": [_attempt("target", {"lm_head": {"quantized": True}, "fp32_matmuls": []}, head_quantized),
+                                *([] if head_quantized else [_attempt("lm_head_fp32", {
+                                    "lm_head": {"quantized": False}, "fp32_matmuls": ["/lm_head/MatMul"]}, True)])],
+                   "fidelity": {"top1_agreement": 0.995, "mean_kl": 0.0002}},
         "bench": {"ms_per_token_p50": 0.35, "ms_per_token_p95": 0.5, "ttft_ms": 3.0, "tokens_per_s": 2857.0,
                   "peak_rss_mb": 79.0, "model_mb": 0.96,
                   "reference": {"torch_fp32_ms_per_token_p50": 1.09, "edge_ms_per_token_p50": 0.38, "ratio": 0.35}},

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_tailor.benchmarks import peers
+from edge_tailor.benchmarks import engines, hardware, peers
 from edge_tailor.export import runtime
 from edge_tailor.export.onnx_export import copy_side_files, export_onnx
 from edge_tailor.export.fusion import KV_CACHE_META, fuse_graph
@@ -26,7 +26,7 @@ PROMPTS = [[5, 9, 14, 3, 7, 22, 8], [11, 4, 6], [30, 2, 17, 9, 1]]
 
 def test_per_token_ms_cancels_prefill():
     # 1 token in 0.100 s, 33 tokens in 0.260 s: 32 more steps cost 0.160 s, 5 ms each
-    assert peers.per_token_ms(0.260, 0.100, 33) == pytest.approx(5.0)
+    assert engines.per_token_ms(0.260, 0.100, 33) == pytest.approx(5.0)
 
 
 def test_weight_bytes_count_matmul_weights_not_the_embedding(tmp_path):
@@ -42,11 +42,11 @@ def test_weight_bytes_count_matmul_weights_not_the_embedding(tmp_path):
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
                               [embed, w, q, scale])
     onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
-    assert peers.weight_bytes_per_token(tmp_path / "m.onnx") == 8 * 16 * 4 + 16 * 4 + 4 * 4
+    assert hardware.weight_bytes_per_token(tmp_path / "m.onnx") == 8 * 16 * 4 + 16 * 4 + 4 * 4
 
 
 def test_bandwidth_is_positive_and_reports_both_thread_counts():
-    bw = peers.measure_bandwidth(mb=16, repeats=2, threads=2)
+    bw = hardware.measure_bandwidth(mb=16, repeats=2, threads=2)
     assert set(bw["by_reader"]) == {"numpy_max_1t", "torch_sum_1t", "numpy_max_2t", "torch_sum_2t"}
     assert bw["read_gb_s"] == max(bw["by_reader"].values()) > 0
 

@@ -15,6 +15,8 @@ EPILOG = """examples:
   tailor status runs/default                 where a run stands
   tailor targets                             the device targets and their budgets
   tailor config show elicit.drafts=64        the resolved config
+  tailor config show --diff --config my.yaml what my.yaml changes from the shipped default
+  tailor -v run                              show every library warning and log line (default: <run>/log.txt)
 
 exit codes:
   0  success
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tailor", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Tailor a small student LM to an edge device target: align the teacher to the student (ARTE), "
                     "distill with target-matched QAT, export to ONNX, quantize, benchmark and gate on budgets.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show library warnings, library logging and trainer output on the terminal (by default "
+                             "they go to <run>/log.txt, and the terminal shows the stages, errors and the verdict)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run every stage (skipping finished, unchanged ones)",
@@ -98,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
     _overrides_help(show)
+    show.add_argument("--diff", action="store_true",
+                      help="print only what differs from the shipped default, one dotted key a line: "
+                           "key: default -> value (a run's config.yaml works as --config too)")
 
     toy = sub.add_parser("toy", help="the embedded default world")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
@@ -229,13 +237,14 @@ def _bench_bundle(args, bundle: Path, calculator: bool) -> int:
     result = measure(bundle, args.model_file)
     if not args.no_accuracy:
         from .config import load_config
-        from .stages.export import edge_accuracy
+        from .benchmarks.accuracy import edge_accuracy
         from .tasks import load_task
 
         cfg = load_config(args.config)
         task = load_task(cfg.task)
-        result["accuracy"] = edge_accuracy(bundle, task, task.test[: cfg.evaluate.test_questions], cfg, args.model_file,
-                                           calculator=calculator)
+        accuracy = edge_accuracy(bundle, task, task.test[: cfg.evaluate.test_questions], cfg, args.model_file,
+                                 calculator=calculator)
+        result["accuracy"] = {k: v for k, v in accuracy.items() if k != "correct"}
     print(json.dumps(result, indent=2))
     return 0
 
@@ -243,7 +252,7 @@ def _bench_bundle(args, bundle: Path, calculator: bool) -> int:
 def cmd_report(args) -> int:
     from .config import load_config
     from .rundir import RunDir
-    from .stages.report import write_report
+    from .benchmarks.report import write_report
 
     run = RunDir(args.run_dir)
     if not (run.root / "config.yaml").exists():
@@ -321,7 +330,16 @@ def _yaml(cfg) -> str:
 
 def cmd_config(args) -> int:
     cfg, _ = _load(args)
-    sys.stdout.write(_yaml(cfg))
+    if not args.diff:
+        sys.stdout.write(_yaml(cfg))
+        return 0
+    from .config import config_diff
+
+    changes = config_diff(cfg)
+    for key, default, value in changes:
+        print(f"{key}: {json.dumps(default)} -> {json.dumps(value)}")
+    if not changes:
+        print("no differences from the shipped default", file=sys.stderr)
     return 0
 
 
@@ -349,6 +367,13 @@ def _usage(message: str) -> _UsageError:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from .progress import library_output
+
+    with library_output(verbose=args.verbose):  # quiet by default: library output to <run>/log.txt
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     from .errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EnvironmentFailure, InputError
     from .pipeline import STAGE_NAMES
 

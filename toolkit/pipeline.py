@@ -19,10 +19,11 @@ from typing import Callable
 
 from .config import RunConfig, TaskSpec, config_hash
 from .errors import InputError, RunLocked
-from .progress import console, live
+from .progress import console, live, run_log
 from .rundir import RunDir
 
 COMMON_SECTIONS = ("seed", "task", "teacher", "student")
+LOG_FILE = "log.txt"  # <run>/log.txt: library warnings, logging and output of each command (edge_tailor.progress)
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str]
                  force: set[str] = frozenset(), stages: tuple[Stage, ...] | None = None,
                  config_text: str | None = None) -> dict[str, dict]:
     """Run the stages into ``run`` under its lock; ``config_text`` (the resolved config) is
-    written to config.yaml together with the manifest. If setting up fails, a run directory
-    this call created is removed again."""
+    written to config.yaml together with the manifest, and <run>/log.txt is appended to (library
+    output, see edge_tailor.progress.run_log). If setting up fails, a run directory this call
+    created is removed again."""
     stages = stages or STAGES
     created = _first_missing(run.root)
     records = {}
@@ -130,6 +132,7 @@ def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str]
             stack.enter_context(run.lock())
             run.check_state(tuple(st.name for st in stages))
             run.begin(config_text, config_hash(cfg), cfg.seed)
+            stack.enter_context(run_log(run.root / LOG_FILE))
         except RunLocked:
             raise  # the folder is another process's
         except BaseException:

@@ -12,7 +12,7 @@ from peft import LoraConfig as PeftLoraConfig
 from trl import SFTConfig, SFTTrainer
 
 from .config import DistillConfig
-from .progress import quiet
+from .progress import hide_library_bars
 from .qat import convert_qat, count_fake_quantized, prepare_qat
 
 
@@ -22,7 +22,7 @@ def sft_arguments(dc: DistillConfig, output_dir: str, seed: int, device: str) ->
                 learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
                 logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
                 data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                max_length=256, dataloader_num_workers=0, disable_tqdm=quiet())
+                max_length=256, dataloader_num_workers=0, disable_tqdm=hide_library_bars())
 
 
 def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SFTConfig:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import statistics
 
 from ..config import RunConfig
+from ..distillation import distill_and_evaluate
 from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir
-from .distill import distill_and_evaluate
-from .generate import TEACHERS
+from ..tailored import TEACHERS
 
 
 def _accuracy(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int) -> float:

@@ -30,7 +30,7 @@ def latency_subprocess(model_dir, model_file: str, prompt_text: str) -> dict:
 def peer_comparison(student_dir, model_dir, models, ids, new_tokens: int, threads: int, rounds: int = 3) -> dict:
     """This run's student on PyTorch eager, Optimum's ORTModelForCausalLM and the edge runtime,
     interleaved in one process (the same engines and method as benchmarks/peers.py)."""
-    from ..benchmarks.peers import EdgeEngine, OptimumEngine, TorchEngine, run_rounds
+    from ..benchmarks.engines import EdgeEngine, OptimumEngine, TorchEngine, run_rounds
 
     engines = [TorchEngine(student_dir, ids, threads), OptimumEngine("optimum int8", model_dir, ids, threads)]
     engines += [EdgeEngine(f"edge {m}", model_dir, ids, threads, model_file=m) for m in models]
@@ -55,6 +55,13 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     main["reference"] = interleaved(run_dir.stage_dir("distill") / "student", model_dir, ids, target.bench.new_tokens,
                                     target.runtime.intra_op_threads, rounds=cfg.bench.reference_rounds)
     main["variants"] = latency
+    # every candidate the export measured, and the fp32 graph: the accuracy-latency picture of the report
+    export = run_dir.stage_dir("export")
+    main["attempts"] = {d.name: latency_subprocess(d, "model.onnx", prompt_text)
+                        for d in sorted((export / "attempts").iterdir()) if (d / "model.onnx").is_file()}
+    graph = export / ("fused" if run_dir.record("export")["metrics"]["graph"]["attention"] == "fused" else "fp32")
+    if (graph / "target.toml").is_file():
+        main["fp32_graph"] = latency_subprocess(graph, "model.onnx", prompt_text)
     main["kernel"] = kernel_record(target)  # the CPU these latencies were measured on
     main["peers"] = peer_comparison(run_dir.stage_dir("distill") / "student", model_dir, models, ids,
                                     target.bench.new_tokens, target.runtime.intra_op_threads)

@@ -4,55 +4,9 @@ data; merge, remove fake quantization, save (safetensors + tokenizer), evaluate.
 from __future__ import annotations
 
 from ..config import RunConfig
-from ..evaluate import evaluate_model, student_tools, summary
-from ..models import load_model
-from ..rundir import RunDir, read_jsonl
-from ..sft import train_student
-from ..target import load_target
-from ..tasks import load_task
-
-
-def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
-    rows = read_jsonl(run_dir.stage_dir("generate") / f"{teacher}.jsonl")
-    if cfg.distill.use_annotations:
-        annotated = run_dir.stage_dir("elicit") / "annotated.jsonl"
-        if annotated.exists():
-            task = load_task(cfg.elicit.annotate)
-            rows += [{"prompt": task.prompt(r["question"]), "completion": " " + r["completion"]}
-                     for r in read_jsonl(annotated)]
-    return rows
-
-
-def kd_teacher(cfg: RunConfig, run_dir: RunDir, which: str, student):
-    """The teacher whose data this is (aligned or original), when logit distillation is on."""
-    if not cfg.distill.logit_distillation.enabled:
-        return None
-    from ..logit_kd import check_shared_vocabulary
-    from .align import load_teacher
-
-    teacher = load_teacher(cfg, run_dir) if which == "aligned" else load_model(cfg.teacher, cfg.device)
-    check_shared_vocabulary(student.model, teacher.model, cfg.student.path, cfg.teacher.path)
-    return teacher.model
-
-
-def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, qat: bool):
-    task = load_task(cfg.task)
-    rows = training_rows(cfg, run_dir, teacher)
-    if not rows:
-        from ..errors import InputError
-
-        raise InputError(run_dir.stage_dir("generate") / f"{teacher}.jsonl", None,
-                         "no training examples: the teacher wrote no answer-consistent data (see the generate record)")
-    student = load_model(cfg.student, cfg.device)
-    quant = load_target(cfg.target).quant if qat else None
-    model, record = train_student(student.model, student.tokenizer, rows, cfg.distill, quant=quant, seed=seed,
-                                  device=cfg.device, workdir=workdir, teacher=kd_teacher(cfg, run_dir, teacher, student))
-    ev = cfg.evaluate
-    result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
-                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                            tools=student_tools(ev.calculator, task),
-                            description=f"student ({teacher} data, seed {seed}) on test")
-    return model, student.tokenizer, record, result
+from ..distillation import distill_and_evaluate
+from ..evaluate import summary
+from ..rundir import RunDir
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:

@@ -3,48 +3,12 @@ rationale per reasoning technique for each; optionally annotates a dataset the T
 
 from __future__ import annotations
 
-from collections import Counter
-
 from ..annotate import annotate
+from ..arte import elicit_drafts
 from ..config import RunConfig
 from ..models import load_model
 from ..rundir import RunDir, write_jsonl
 from ..tasks import load_task
-from ..teaching import draft_questions, write_rationales
-
-
-def elicit_seeds(task):
-    """Seeds for elicitation; the other half is held out to measure what alignment changed."""
-    half = max(1, len(task.seed) // 2)
-    return task.seed[:half], task.seed[half:] or task.seed[:half]
-
-
-def held_out_questions(task) -> list[str]:
-    return [ex.question for ex in task.preference + task.test]
-
-
-def elicit_drafts(cfg: RunConfig, task, teacher, seed: int) -> tuple[list, list[dict], dict]:
-    """Drafted questions, one rationale per technique for each, and the counts (drafted, dropped and why)."""
-    techniques = cfg.elicit.techniques or list(task.techniques)
-    unknown = [t for t in techniques if t not in task.techniques]
-    if unknown:
-        from ..errors import InputError
-
-        raise InputError("config", "elicit.techniques", f"unknown {unknown}; task has {list(task.techniques)}")
-    seeds, _ = elicit_seeds(task)
-    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, cfg.elicit.drafts,
-                                           cfg.elicit, seed, exclude=held_out_questions(task))
-    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, cfg.elicit, techniques=techniques,
-                              temperature=cfg.elicit.rationale_temperature, seed=seed)
-    metrics = {
-        "raw_questions": raw, "questions_kept": len(questions), "questions_dropped": dict(filt.dropped),
-        "well_formed_question_share": round(len(filt.kept) / max(1, raw), 4),
-        "rationales": len(drafts), "techniques": techniques,
-        "rationales_well_formed": sum(d["well_formed"] for d in drafts),
-        "rationales_correct": sum(d["correct"] for d in drafts),
-        "rationales_dropped": dict(Counter("no_answer" for d in drafts if not d["well_formed"])),
-    }
-    return questions, drafts, metrics
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
@@ -62,4 +26,3 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         write_jsonl(folder / "annotated.jsonl", rows)
         record["metrics"]["annotated"] = len(rows)
     return record
-

@@ -1,50 +1,52 @@
 """Stage `export`: the distilled student to ONNX through Optimum (KV cache), fp32 parity against
-PyTorch, the graph the target ships (attention-fused unless it says unfused or fusion fails),
-quantization as the target says, and the quantized model's accuracy measured through the edge
-runtime; if the accuracy drop breaks the target's budget, the configured fallbacks are tried
-(output head kept in fp32)."""
+PyTorch, the graph the target ships (attention-fused unless it says unfused or fusion fails), then
+the candidate quantizations: the target's own scheme first, then fallbacks (output head in fp32,
+8-bit weight-only blocks). Each is measured for fidelity to the fp32 graph (top-1 agreement and KL
+per position on held-out sequences) and for accuracy through the edge runtime; the first that holds
+the target's budgets ships in `export/quantized/`, every one tried is recorded, and a 4-bit variant
+is measured beside them for the accuracy-latency picture."""
 
 from __future__ import annotations
 
 import shutil
 
 from ..config import RunConfig
-from ..evaluate import binomial_stderr, student_uses_calculator
 from ..hostcpu import kernel_record
 from ..progress import console
-from ..rundir import RunDir
-from ..target import load_target, target_path
+from ..rundir import RunDir, write_json_atomic
+from ..target import Target, load_target, target_path
 from ..tasks import load_task
 
-
-def edge_accuracy(model_dir, task, examples, cfg: RunConfig, model_file: str = "model.onnx",
-                  calculator: bool | None = None) -> dict:
-    """Accuracy of an ONNX model on `examples` with the edge runtime (batched greedy decoding), with the
-    calculator when `calculator` (default: as the config and task say for the student)."""
-    from ..export.runtime import Calculator, EdgeModel
-
-    if calculator is None:
-        calculator = student_uses_calculator(cfg, task)
-    model = EdgeModel.load(model_dir, model_file=model_file)
-    prompts = [task.prompt(ex.question) for ex in examples]
-    results = model.generate_batch(prompts, max_new_tokens=cfg.evaluate.max_new_tokens, stop=list(task.style.stop),
-                                   batch_size=cfg.evaluate.batch_size,
-                                   logits_processor=Calculator(model) if calculator else None)
-    correct = [task.is_correct(r.text, ex) for r, ex in zip(results, examples)]
-    acc = sum(correct) / len(correct)
-    return {"accuracy": round(acc, 4), "stderr": round(binomial_stderr(acc, len(correct)), 4), "n": len(correct),
-            "model_file": model_file, "calculator": calculator}
+REFERENCE = "fidelity_reference.json"
+MEASURED_ONLY = ("weight_only_4bit",)  # measured for the report, never shipped in place of the target's INT8
 
 
-def fallbacks(target):
-    """Quantization settings to try in order: the target's own, then the output head in fp32."""
-    yield "target", target
-    if target.quant.quantize_lm_head:
-        quant = target.quant.model_copy(update={"quantize_lm_head": False})
-        yield "lm_head_fp32", target.model_copy(update={"quant": quant})
+def candidates(target: Target) -> list[tuple[str, Target]]:
+    """Quantizations to try, in the order they are preferred: what QAT simulated comes first."""
+    from ..export.quantize import weight_only_variant
+
+    q = target.quant
+    out = [("target", target)]
+    weight_only = q.activations.dtype == "none" or q.weights.dtype == "int4"
+    if q.quantize_lm_head and not weight_only:
+        out.append(("lm_head_fp32", target.model_copy(update={"quant": q.model_copy(update={"quantize_lm_head": False})})))
+    if not weight_only:
+        out.append(("weight_only_8bit", weight_only_variant(target, 8)))
+    out.append(("weight_only_4bit", weight_only_variant(target, 4)))
+    return out
+
+
+def holds(attempt: dict, target: Target) -> bool:
+    """Whether an attempt keeps the target's accuracy and fidelity budgets."""
+    b, fid = target.budgets, attempt["fidelity"]
+    return ((b.max_accuracy_drop is None or attempt["drop"] <= b.max_accuracy_drop)
+            and (b.max_top1_disagreement is None or 1 - fid["top1_agreement"] <= b.max_top1_disagreement)
+            and (b.max_mean_kl is None or fid["mean_kl"] <= b.max_mean_kl))
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    from ..benchmarks.accuracy import edge_accuracy
+    from ..export.fidelity import fidelity, fp32_reference, reference_sequences
     from ..export.fusion import graph_to_ship
     from ..export.onnx_export import check_parity, export_onnx
     from ..export.quantize import quantize_for_target
@@ -60,29 +62,50 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                                      [task.prompt(ex.question) for ex in task.test[:8]])
     if graph.get("why"):
         console.print(f"[yellow]  shipping the unfused graph: {graph['why']}[/yellow]")
+    shutil.copy2(target_path(cfg.target), graph_dir / "target.toml")  # so `bench` can time the fp32 graph too
+    # held-out sequences for fidelity: preference-split prompts (never the test split it is scored on)
+    held_out = [task.prompt(ex.question) for ex in task.preference[: cfg.export.fidelity_prompts]]
+    sequences = reference_sequences(graph_dir, held_out, cfg.export.fidelity_tokens)
+    write_json_atomic(folder / REFERENCE, fp32_reference(graph_dir, sequences))  # shipped: `verify` rechecks the same figure
     test = task.test[: cfg.evaluate.test_questions]
     fp32_acc = run_dir.record("distill")["metrics"]["student_fp32"]["accuracy"]
     calibration = [task.prompt(ex.question) for ex in task.preference[: cfg.export.calibration_samples]]
-    budget = target.budgets.max_accuracy_drop
-    attempts = []
-    for name, candidate in fallbacks(target):
-        out = folder / "quantized"
+
+    attempts, chosen = [], None
+    for name, candidate in candidates(target):
+        if chosen is not None and not cfg.export.try_all and name not in MEASURED_ONLY:
+            continue
+        out = folder / "attempts" / name
         shutil.rmtree(out, ignore_errors=True)
         info = quantize_for_target(graph_dir, out, candidate, calibration_texts=calibration)
         shutil.copy2(target_path(cfg.target), out / "target.toml")  # edge runtime session settings
-        accuracy = {m: edge_accuracy(out, task, test, cfg, m) for m in info["files"]}
-        drop = round(fp32_acc - accuracy["model.onnx"]["accuracy"], 4)
-        attempts.append({"setting": name, "quantization": info, "accuracy": accuracy, "drop": drop})
-        if budget is None or drop <= budget:
-            break
-        console.print(f"[yellow]  INT8 accuracy drop {drop:.3f} > budget {budget:.3f} with '{name}'; "
-                      "trying the next fallback[/yellow]")
-    final = attempts[-1]
-    if budget is not None and final["drop"] > budget:
-        console.print(f"[red]  INT8 accuracy drop {final['drop']:.3f} still exceeds the target's max_accuracy_drop "
-                      f"{budget:.3f} after {len(attempts)} setting(s); the gate will fail[/red]")
-    return {"metrics": {"parity": parity, "graph": graph, "attempts": attempts, "chosen": final["setting"],
+        accuracy = {m: _without_items(edge_accuracy(out, task, test, cfg, m)) for m in info["files"]}
+        attempt = {"setting": name, "quantization": info, "accuracy": accuracy,
+                   "drop": round(fp32_acc - accuracy["model.onnx"]["accuracy"], 4),
+                   "fidelity": fidelity(graph_dir, out, "model.onnx", sequences), "shipped": False,
+                   "measured_only": name in MEASURED_ONLY}
+        attempt["holds"] = holds(attempt, target)
+        attempts.append(attempt)
+        console.print(f"  {name}: accuracy drop {attempt['drop']:+.3f}, top-1 agreement "
+                      f"{attempt['fidelity']['top1_agreement']:.3f}, KL {attempt['fidelity']['mean_kl']:.4f}"
+                      + ("" if attempt["holds"] else " (breaks a budget)"))
+        if chosen is None and attempt["holds"] and name not in MEASURED_ONLY:
+            chosen = attempt
+    shippable = [a for a in attempts if not a["measured_only"]]
+    if chosen is None:
+        chosen = min(shippable, key=lambda a: a["drop"])
+        console.print(f"[red]  no quantization held the target's accuracy and fidelity budgets; shipping "
+                      f"'{chosen['setting']}' (smallest accuracy drop): the gate will fail[/red]")
+    chosen["shipped"] = True
+    shipped = folder / "quantized"
+    shutil.rmtree(shipped, ignore_errors=True)
+    shutil.copytree(folder / "attempts" / chosen["setting"], shipped)
+    return {"metrics": {"parity": parity, "graph": graph, "attempts": attempts, "chosen": chosen["setting"],
                         "kernel": kernel_record(target),  # the CPU the INT8 accuracy was measured on
-                        "student_int8": final["accuracy"]["model.onnx"],
-                        "weight_only": {k: v for k, v in final["accuracy"].items() if k != "model.onnx"},
-                        "accuracy_drop": final["drop"]}}
+                        "fidelity": chosen["fidelity"], "student_int8": chosen["accuracy"]["model.onnx"],
+                        "weight_only": {k: v for k, v in chosen["accuracy"].items() if k != "model.onnx"},
+                        "accuracy_drop": chosen["drop"]}}
+
+
+def _without_items(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "correct"}

@@ -3,62 +3,15 @@ write the training data; and what alignment changed is measured on held-out seed
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
-
 from ..config import RunConfig
-from ..evaluate import binomial_stderr, student_tools
 from ..models import load_model
 from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir, read_jsonl, write_jsonl
-from ..scoring import one_shot_accuracy
+from ..tailored import TEACHERS, compare_on_held_out, tailored_data
 from ..tasks import load_task
 from ..tasks.base import Example
-from ..teaching import draft_questions, write_rationales
-from .align import load_teacher
-from .elicit import elicit_seeds, held_out_questions
-
-TEACHERS = ("original", "aligned")
-
-
-def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> tuple[list[dict], dict]:
-    """Draft questions, write greedy rationales (plain prompt), keep answer-consistent ones."""
-    gc = cfg.generate
-    sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature, "batch_size": gc.batch_size})
-    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, int(gc.examples * 1.25),
-                                           sampling, seed, exclude=exclude, max_rounds=8)
-    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
-                              temperature=gc.rationale_temperature, seed=seed, description="writing training data")
-    kept = [d for d in drafts if d["correct"]][: gc.examples]
-    rows = [{"prompt": task.prompt(d["question"]), "completion": " " + d["rationale"], **d} for d in kept]
-    return rows, {"raw_questions": raw, "questions": len(questions), "dropped_questions": dict(filt.dropped),
-                  "rationales": len(drafts), "inconsistent_dropped": len(drafts) - sum(d["correct"] for d in drafts),
-                  "examples": len(rows)}
-
-
-def compare_on_held_out(cfg: RunConfig, task, teacher, student, held_out_seeds, preference, seed: int) -> dict:
-    gc = cfg.generate
-    sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature})
-    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, held_out_seeds,
-                                           gc.compare_questions, sampling, seed + 7,
-                                           exclude=held_out_questions(task))
-    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
-                              temperature=gc.rationale_temperature, seed=seed, description="held-out drafts")
-    usable = [d for d in drafts if d["well_formed"]]
-    scores = one_shot_accuracy(student.model, student.tokenizer, task, [(d["question"], d["rationale"]) for d in usable],
-                               preference, max_new_tokens=cfg.prefer.max_new_tokens,
-                               batch_size=cfg.prefer.batch_size, tools=student_tools(cfg.evaluate.calculator, task),
-                               description="scoring held-out drafts")
-    mean = statistics.mean(scores) if scores else 0.0
-    # sampling error of the mean score: spread across drafts plus binomial noise within each
-    spread = statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else binomial_stderr(mean, len(preference))
-    styles = Counter(task.style_of(d["rationale"]) for d in usable) if task.style_of else {}
-    return {"mean_preference_score": round(mean, 4), "stderr": round(spread, 4), "drafts": len(drafts),
-            "well_formed_question_share": round(len(questions) / max(1, raw), 4),
-            "well_formed_rationale_share": round(len(usable) / max(1, len(drafts)), 4),
-            "correct_share": round(sum(d["correct"] for d in drafts) / max(1, len(drafts)), 4),
-            "mean_rationale_chars": round(statistics.mean(len(d["rationale"]) for d in drafts), 1) if drafts else 0,
-            "style_mix": {k: round(v / max(1, len(usable)), 3) for k, v in sorted(styles.items())}}
+from ..tasks.splits import elicit_seeds, held_out_questions
+from ..teacher import load_teacher
 
 
 def _teacher_data(cfg: RunConfig, run_dir: RunDir, which: str) -> tuple[list[dict], dict, dict]:

@@ -66,6 +66,8 @@ class Task:
     source: str = ""  # file or generator the task came from
     # how the teacher drafts questions: "tagged" (ARTE's <Question_k> blocks) or "lines" (`Q:` lines)
     drafting: str = "tagged"
+    # the prompt that shows seed questions for a "lines" task (the embedded world's); "tagged" uses ARTE's
+    drafting_prompt: Callable[[list[str]], str] | None = None
     # step-by-step solution of a question as `a op b=r` equations, for the grounding tool
     solution_steps: Callable[[str], list[str] | None] | None = None
     # TeacherLM annotation prompts per kind (F, C, M) with {question} and {answer}; None = the paper's
@@ -74,6 +76,12 @@ class Task:
     style_of: Callable[[str], str] | None = None
     # the student decodes with the calculator unless the config says otherwise (evaluate.calculator)
     calculator: bool = False
+    # extra `baseline` measurements, recorded under "world": (cfg, teacher, student, task, folder) -> dict
+    baseline_probe: Callable[..., dict] | None = None
+
+    def __post_init__(self):
+        if self.drafting == "lines" and self.drafting_prompt is None:
+            raise ValueError(f"task {self.name!r}: drafting='lines' needs a drafting_prompt")
 
     def extract(self, completion: str) -> str | None:
         from .answers import extract_answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from ..tasks.base import Example, PromptStyle, Task
+from .corpus import drafting_prompt
 from .problems import make_splits, parse_question
 from .styles import STYLES, classify_style, render_rationale
 
@@ -24,6 +25,12 @@ def _solve(question: str) -> str | None:
 def _solution_steps(question: str) -> list[str] | None:
     p = parse_question(question)
     return [s.equation for s in p.steps] if p else None
+
+
+def _baseline_probe(cfg, teacher, student, task: Task, folder) -> dict:
+    from .probes import baseline_probe  # the generation stack loads only when `baseline` asks
+
+    return baseline_probe(cfg, teacher, student, task, folder)
 
 
 def toy_examples(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Example]]:
@@ -50,6 +57,7 @@ def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
         solver=_solve,
         solution_steps=_solution_steps,
         drafting="lines",
+        drafting_prompt=drafting_prompt,
         style_of=classify_style,
         # The toy teacher never saw TeacherLM's prompts; its nearest skills stand in for them:
         # its "mistake" style opens with a fundamentals / common-mistake line.
@@ -57,4 +65,5 @@ def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
                             "F": "Q: {question}\nStyle: mistake\nA:"},
         source="edge_tailor.toyworld.problems",
         calculator=True,
+        baseline_probe=_baseline_probe,
     )

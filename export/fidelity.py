@@ -1,0 +1,56 @@
+"""How faithful a quantized decoder is to its fp32 graph: top-1 agreement and KL(fp32 || quantized) of the
+next-token distribution at every position of held-out sequences, teacher-forced (both graphs read the
+same tokens, so one early disagreement does not hide the rest).
+
+Accuracy on a small test split is a coarse, noisy signal; per-position agreement on a few thousand
+positions separates a faithful INT8 model from one whose activation outliers broke it (measured on
+SmolLM2-135M: dynamic INT8 58.6% / KL 0.89 against 8-bit weight-only 95.7% / 0.0077).
+
+    sequences = reference_sequences(fp32_dir, prompts, new_tokens=32)
+    fidelity(fp32_dir, quant_dir, "model.onnx", sequences)  # {"top1_agreement", "mean_kl", "positions"}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .runtime import EdgeModel
+
+
+def reference_sequences(fp32_dir: str | Path, prompts: Sequence[str], new_tokens: int = 32) -> list[list[int]]:
+    """Each prompt followed by the fp32 graph's own greedy continuation: the text the model will see."""
+    model = EdgeModel.load(fp32_dir, verify=False)
+    model.eos_ids = []
+    return [model.encode(p) + model.generate(p, new_tokens).tokens for p in prompts]
+
+
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def fidelity(fp32_dir: str | Path, quant_dir: str | Path, model_file: str, sequences: Sequence[list[int]],
+             fp32_file: str = "model.onnx") -> dict:
+    reference = EdgeModel.load(fp32_dir, model_file=fp32_file, verify=False)
+    quantized = EdgeModel.load(quant_dir, model_file=model_file, verify=False)
+    agree, kls = [], []
+    for sequence in sequences:
+        p = _log_softmax(reference.prefill_logits(sequence))
+        q = _log_softmax(quantized.prefill_logits(sequence))
+        agree += list(p.argmax(-1) == q.argmax(-1))
+        kls += list((np.exp(p) * (p - q)).sum(-1))
+    return {"top1_agreement": round(float(np.mean(agree)), 4), "mean_kl": round(float(np.mean(kls)), 5),
+            "max_kl": round(float(np.max(kls)), 4), "positions": len(agree), "sequences": len(sequences)}
+
+
+def fp32_reference(fp32_dir: str | Path, sequences: Sequence[list[int]]) -> dict:
+    """What a bundle ships for `verify`: the sequences and the fp32 graph's top-1 token at each position."""
+    model = EdgeModel.load(fp32_dir, verify=False)
+    return {"sequences": [list(s) for s in sequences],
+            "fp32_top1": [model.prefill_logits(s).argmax(-1).tolist() for s in sequences]}

@@ -1,0 +1,48 @@
+"""DPO on the teacher with a new LoRA adapter (trl's DPOTrainer), as `align` runs it each round."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from trl import DPOConfig, DPOTrainer
+
+from .config import RunConfig
+from .progress import hide_library_bars
+from .teacher import load_teacher
+
+
+def dpo_config(cfg: RunConfig, output_dir: str) -> DPOConfig:
+    ac = cfg.align
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    return DPOConfig(
+        output_dir=output_dir, beta=ac.beta, learning_rate=ac.learning_rate, num_train_epochs=ac.epochs,
+        max_steps=ac.max_steps, per_device_train_batch_size=ac.batch_size, warmup_ratio=ac.warmup_ratio,
+        lr_scheduler_type="cosine",
+        # trl 1.16 spells the chosen-side NLL anchor (RPO) as an extra "sft" loss term
+        loss_type=["sigmoid", "sft"] if ac.nll_anchor else ["sigmoid"],
+        loss_weights=[1.0, 1.0] if ac.nll_anchor else None,
+        logging_steps=max(1, ac.max_steps // 16) if ac.max_steps > 0 else 5, save_strategy="no", report_to=[],
+        seed=cfg.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), max_length=512,
+        dataloader_num_workers=0, disable_tqdm=hide_library_bars())
+
+
+def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None = None) -> tuple[object, list[dict]]:
+    """DPO with a new LoRA adapter on the teacher (with earlier rounds' adapters merged in: the reference)."""
+    spec = cfg.teacher
+    if cfg.align.load_in_4bit is True or (cfg.align.load_in_4bit == "auto" and torch.cuda.is_available()):
+        spec = spec.model_copy(update={"load_in_4bit": True})
+    teacher = load_teacher(cfg, spec=spec, stack=stack or [])
+    teacher.model.train()
+    lora = LoraConfig(r=cfg.align.lora_r, lora_alpha=cfg.align.lora_alpha, target_modules="all-linear",
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer")), train_dataset=data,
+                         processing_class=teacher.tokenizer, peft_config=lora)
+    trainer.train()
+    trainer.save_model(str(output_dir / "adapter"))  # adapter + tokenizer, written by the main process only
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return trainer, history

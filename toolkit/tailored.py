@@ -1,0 +1,57 @@
+"""Training data written by a teacher for this student (ARTE step 4), and the held-out check of what
+alignment changed in the teacher's drafts. `generate` runs both for each of TEACHERS; `distill` and
+`ablation` train on the files it writes."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+from .config import RunConfig
+from .evaluate import binomial_stderr, student_tools
+from .scoring import one_shot_accuracy
+from .tasks.splits import held_out_questions
+from .teaching import draft_questions, write_rationales
+
+TEACHERS = ("original", "aligned")  # whose data: the base teacher, or the one with the `align` adapters merged in
+
+
+def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> tuple[list[dict], dict]:
+    """Draft questions, write greedy rationales (plain prompt), keep answer-consistent ones."""
+    gc = cfg.generate
+    sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature, "batch_size": gc.batch_size})
+    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, int(gc.examples * 1.25),
+                                           sampling, seed, exclude=exclude, max_rounds=8)
+    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
+                              temperature=gc.rationale_temperature, seed=seed, description="writing training data")
+    kept = [d for d in drafts if d["correct"]][: gc.examples]
+    rows = [{"prompt": task.prompt(d["question"]), "completion": " " + d["rationale"], **d} for d in kept]
+    return rows, {"raw_questions": raw, "questions": len(questions), "dropped_questions": dict(filt.dropped),
+                  "rationales": len(drafts), "inconsistent_dropped": len(drafts) - sum(d["correct"] for d in drafts),
+                  "examples": len(rows)}
+
+
+def compare_on_held_out(cfg: RunConfig, task, teacher, student, held_out_seeds, preference, seed: int) -> dict:
+    """The student's mean one-shot score on `preference` with this teacher's drafts (from held-out seeds) as demos."""
+    gc = cfg.generate
+    sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature})
+    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, held_out_seeds,
+                                           gc.compare_questions, sampling, seed + 7,
+                                           exclude=held_out_questions(task))
+    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
+                              temperature=gc.rationale_temperature, seed=seed, description="held-out drafts")
+    usable = [d for d in drafts if d["well_formed"]]
+    scores = one_shot_accuracy(student.model, student.tokenizer, task, [(d["question"], d["rationale"]) for d in usable],
+                               preference, max_new_tokens=cfg.prefer.max_new_tokens,
+                               batch_size=cfg.prefer.batch_size, tools=student_tools(cfg.evaluate.calculator, task),
+                               description="scoring held-out drafts")
+    mean = statistics.mean(scores) if scores else 0.0
+    # sampling error of the mean score: spread across drafts plus binomial noise within each
+    spread = statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else binomial_stderr(mean, len(preference))
+    styles = Counter(task.style_of(d["rationale"]) for d in usable) if task.style_of else {}
+    return {"mean_preference_score": round(mean, 4), "stderr": round(spread, 4), "drafts": len(drafts),
+            "well_formed_question_share": round(len(questions) / max(1, raw), 4),
+            "well_formed_rationale_share": round(len(usable) / max(1, len(drafts)), 4),
+            "correct_share": round(sum(d["correct"] for d in drafts) / max(1, len(drafts)), 4),
+            "mean_rationale_chars": round(statistics.mean(len(d["rationale"]) for d in drafts), 1) if drafts else 0,
+            "style_mix": {k: round(v / max(1, len(usable)), 3) for k, v in sorted(styles.items())}}
