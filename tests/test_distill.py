@@ -187,3 +187,29 @@ def test_logit_distillation_needs_one_vocabulary():
     check_shared_vocabulary(model(400), model(400), "s", "t")
     with pytest.raises(InputError, match="distill.logit_distillation.*400.*32000"):
         check_shared_vocabulary(model(400), model(32000), "s", "t")
+
+
+def test_qat_trained_and_merged_student_exports_to_the_int8_it_simulated(tmp_path):
+    """QAT-merge numerics: train LoRA under the target's fake quantization, merge, export, quantize; the
+    merged weights under the same fake quantization give ONNX Runtime's INT8 logits (the merge does not
+    move the weights off what training saw), far closer than the merged fp32 model does."""
+    import onnxruntime as ort
+
+    from edge_tailor.export.onnx_export import export_onnx
+    from edge_tailor.export.quantize import quantize_for_target
+
+    target = load_target("ci-x86")
+    student = _student()
+    merged, record = train_student(student.model, student.tokenizer, ROWS, CFG, quant=target.quant,
+                                   workdir=tmp_path / "w")
+    assert record["fake_quantized_linears"] > 0 and count_fake_quantized(merged) == 0
+    merged.save_pretrained(tmp_path / "student", safe_serialization=True)
+    student.tokenizer.save_pretrained(tmp_path / "student")
+    export_onnx(tmp_path / "student", tmp_path / "fp32")
+    quantize_for_target(tmp_path / "fp32", tmp_path / "int8", target)
+    session = ort.InferenceSession(str(tmp_path / "int8" / "model.onnx"), providers=["CPUExecutionProvider"])
+    # a fresh load of what was saved (a deepcopy would keep the trainer's forward hooks on the old modules)
+    simulated = prepare_qat(load_model(ModelSpec(path=str(tmp_path / "student")), "cpu").model, target.quant)
+    ids = student.tokenizer("Q: A line makes 9 parts per hour.", add_special_tokens=False)["input_ids"]
+    gap_qat, gap_fp32 = _max_logit_gap(session, simulated, ids), _max_logit_gap(session, merged, ids)
+    assert gap_qat < 1e-3 and gap_qat < gap_fp32 / 20, (gap_qat, gap_fp32)

@@ -24,6 +24,7 @@ from edge_tailor.errors import ArtifactError, InputError
 from edge_tailor.export import runtime
 from edge_tailor.export.bundle import make_bundle, verify_bundle
 from edge_tailor.export.onnx_export import ParityError, check_parity, export_onnx
+from edge_tailor.export.fidelity import fidelity, reference_sequences
 from edge_tailor.export.quantize import quantize_for_target
 from edge_tailor.target import target_path
 
@@ -171,7 +172,9 @@ def test_static_int8_weight_only_and_fp32_fallbacks(fp32_dir, tmp_path):
     assert summary["lm_head"]["quantized"] is False
     assert summary["fp32_matmuls"] == ["/lm_head/MatMul", "/model/layers.0/mlp/down_proj/MatMul",
                                        "/model/layers.0/mlp/gate_proj/MatMul", "/model/layers.0/mlp/up_proj/MatMul"]
-    assert runtime.EdgeModel.load(tmp_path / "static").generate(PROMPTS[0], 8).tokens
+    sequences = reference_sequences(fp32_dir, PROMPTS, 12)
+    static_fidelity = fidelity(fp32_dir, tmp_path / "static", "model.onnx", sequences)  # measured: 1.0 / 6e-5
+    assert static_fidelity["top1_agreement"] >= 0.98 and static_fidelity["mean_kl"] <= 0.005, static_fidelity
 
     weight_only = quantize_for_target(fp32_dir, tmp_path / "arm", "arm64-a76")
     assert set(weight_only["files"]) == {"model.onnx", "model_q4.onnx"}
@@ -179,7 +182,8 @@ def test_static_int8_weight_only_and_fp32_fallbacks(fp32_dir, tmp_path):
     graph = onnx.load(str(tmp_path / "arm" / "model_q4.onnx")).graph
     attrs = {a.name: a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute}
     assert attrs["bits"] == 4 and attrs["block_size"] == 128 and attrs["accuracy_level"] == 4
-    assert runtime.EdgeModel.load(tmp_path / "arm", model_file="model_q4.onnx").generate(PROMPTS[0], 8).tokens
+    q4_fidelity = fidelity(fp32_dir, tmp_path / "arm", "model_q4.onnx", sequences)  # measured: 0.988 / 6e-4
+    assert q4_fidelity["top1_agreement"] >= 0.9 and q4_fidelity["mean_kl"] <= 0.01, q4_fidelity
 
     static_file.write_text(static.replace("/model/layers.0/mlp/*", "/no/such/node*"))
     with pytest.raises(InputError, match=r"quant.fallback_fp32_nodes\[0\]: pattern '/no/such/node\*' matches no node"):

@@ -36,15 +36,27 @@ def compose(task: Task, example: Example, notes: dict[str, str], order: str) -> 
     return f"{body} {task.style.wrap_answer(example.answer)}"
 
 
+def first_paragraph(text: str) -> str:
+    """The annotation: the text up to its first blank line, after any blank lines it opens with.
+
+    Real teachers often start with a newline or two; a "\n\n" stop string would end them there, empty
+    (measured on SmolLM2: 26 of 26 annotations empty).
+    """
+    return text.strip().split("\n\n", 1)[0].strip()
+
+
 def annotate(model, tokenizer, task: Task, examples: Sequence[Example], order: str, *, max_new_tokens: int,
-             batch_size: int) -> list[dict]:
+             batch_size: int) -> tuple[list[dict], int]:
+    """Annotated rows, and how many samples were dropped because one of their annotations came back empty."""
     order = check_order(order)
     jobs = [(ex, kind) for ex in examples for kind in order]
     texts = generate(model, tokenizer, [annotation_prompt(task, ex, k) for ex, k in jobs],
-                     max_new_tokens=max_new_tokens, batch_size=batch_size, stop=task.style.stop + ("\n\n",),
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, stop=task.style.stop,
                      description="annotating (TeacherLM)")
     notes: dict[str, dict[str, str]] = {}
     for (ex, kind), text in zip(jobs, texts):
-        notes.setdefault(ex.question, {})[kind] = text.strip()
-    return [{"question": ex.question, "answer": ex.answer, **{f"annotation_{k}": notes[ex.question][k] for k in order},
-             "order": order, "completion": compose(task, ex, notes[ex.question], order)} for ex in examples]
+        notes.setdefault(ex.question, {})[kind] = first_paragraph(text)
+    kept = [ex for ex in examples if all(notes[ex.question][k] for k in order)]
+    rows = [{"question": ex.question, "answer": ex.answer, **{f"annotation_{k}": notes[ex.question][k] for k in order},
+             "order": order, "completion": compose(task, ex, notes[ex.question], order)} for ex in kept]
+    return rows, len(examples) - len(kept)

@@ -21,8 +21,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     record = {"metrics": metrics}
     if cfg.elicit.annotate:
         data = load_task(cfg.elicit.annotate)
-        rows = annotate(teacher.model, teacher.tokenizer, data, data.seed + data.preference, cfg.elicit.annotate_order,
-                        max_new_tokens=cfg.elicit.rationale_tokens, batch_size=cfg.elicit.batch_size)
+        rows, empty = annotate(teacher.model, teacher.tokenizer, data, data.seed + data.preference,
+                               cfg.elicit.annotate_order, max_new_tokens=cfg.elicit.rationale_tokens,
+                               batch_size=cfg.elicit.batch_size)
         write_jsonl(folder / "annotated.jsonl", rows)
         record["metrics"]["annotated"] = len(rows)
+        record["metrics"]["annotations_dropped_empty"] = empty
     return record
