@@ -301,15 +301,10 @@ def plot(report: dict, path: Path) -> None:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from edge_tailor.rundir import package_versions
 
-    out = {}
-    for pkg in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx", "numpy", "edge-tailor"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx", "numpy",
+                             "edge-tailor"))
 
 
 def main(argv: list[str] | None = None) -> int:

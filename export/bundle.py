@@ -26,11 +26,10 @@ import secrets
 import shutil
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 from edge_tailor.errors import ArtifactError, InputError
-from edge_tailor.rundir import sha256_file, write_json_atomic
+from edge_tailor.rundir import package_versions, sha256_file, write_json_atomic
 from edge_tailor.target import Target, load_target, target_hash, target_path
 
 from . import runtime
@@ -261,10 +260,4 @@ def _agreement(bundle: Path, reference: dict, model_file: str = "model.onnx") ->
 
 
 def _versions() -> dict[str, str | None]:
-    out = {}
-    for name in ("edge-tailor", "onnxruntime", "numpy", "tokenizers", "optimum-onnx", "onnx"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(("edge-tailor", "onnxruntime", "numpy", "tokenizers", "optimum-onnx", "onnx"))

@@ -29,6 +29,7 @@ concatenation or re-binding.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -274,9 +275,9 @@ class EdgeModel:
         target = bundle / "target.toml"
         settings = RuntimeSettings.from_target_file(target) if target.is_file() else RuntimeSettings()
         if threads is not None:
-            settings = _replace(settings, intra_op_threads=threads)
+            settings = dataclasses.replace(settings, intra_op_threads=threads)
         if provider is not None:
-            settings = _replace(settings, execution_provider=provider)
+            settings = dataclasses.replace(settings, execution_provider=provider)
         available = ort.get_available_providers()
         if settings.execution_provider not in available:
             raise RuntimeError(f"{bundle}: execution provider {settings.execution_provider} is not available "
@@ -482,9 +483,6 @@ def bundle_uses_calculator(bundle: str | Path) -> bool:
         return False
     return bool(json.loads(manifest.read_text()).get("decoding", {}).get("calculator", False))
 
-
-def _replace(settings: RuntimeSettings, **changes) -> RuntimeSettings:
-    return RuntimeSettings(**{**settings.__dict__, **changes})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,8 +53,6 @@ class ArithmeticTools(LogitsProcessor):
                                               if tokenizer.convert_tokens_to_string([t]).strip().isdigit()}))
         self.queues: list[list[int]] = []
         self.used_steps: list[int] = []
-        self.results: list[list[int]] = []
-        self.interventions = 0
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -62,7 +60,8 @@ class ArithmeticTools(LogitsProcessor):
     def _row_text(self, ids: torch.Tensor) -> str:
         return self.tokenizer.decode(ids[self.prompt_length:], skip_special_tokens=True)
 
-    def _last_result(self, row: int, text: str) -> int | None:
+    @staticmethod
+    def _last_result(text: str) -> int | None:
         found = _RESULT.findall(text)
         return int(found[-1]) if found else None
 
@@ -79,7 +78,7 @@ class ArithmeticTools(LogitsProcessor):
                 if self.used_steps[row] < len(steps):
                     self.used_steps[row] += 1
                     return self._encode(steps[self.used_steps[row] - 1])
-                last = self._last_result(row, text)
+                last = self._last_result(text)
                 if last is not None:
                     return self._encode(str(last))
         return None
@@ -100,7 +99,6 @@ class ArithmeticTools(LogitsProcessor):
                 planned = self._plan(row, self._row_text(input_ids[row]), scores[row])
                 if planned:
                     self.queues[row] = planned
-                    self.interventions += 1
             if self.queues[row]:
                 forced = self.queues[row].pop(0)
                 scores[row] = torch.full_like(scores[row], float("-inf"))

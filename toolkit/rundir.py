@@ -79,9 +79,10 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None where it is not installed)."""
     versions: dict[str, str | None] = {}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -217,7 +218,7 @@ class RunDir:
         before = self.manifest_path.read_bytes() if self.manifest_path.exists() else None
         written = False
         try:
-            self.init_manifest({}, config_hash, seed)
+            self.init_manifest(config_hash, seed)
             written = True
             if tmp is not None:
                 os.replace(tmp, self.config_path)
@@ -234,7 +235,7 @@ class RunDir:
                     pass
             raise
 
-    def init_manifest(self, config: dict, config_hash: str, seed: int) -> None:
+    def init_manifest(self, config_hash: str, seed: int) -> None:
         manifest = self.manifest()
         manifest.update({
             "edge_tailor_version": package_versions().get("edge-tailor"),

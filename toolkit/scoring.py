@@ -26,22 +26,13 @@ def one_shot_accuracy(model, tokenizer, task: Task, demos: Sequence[tuple[str, s
     return [sum(row) / len(row) for row in one_shot_correct(model, tokenizer, task, demos, questions, **kwargs)]
 
 def _completion_loss(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]):
-    """Mean token loss of completions given prompts (prompt tokens masked out)."""
-    import torch
+    """Mean token loss of completions given prompts (prompt tokens masked out: the logit-KD collator's batch)."""
+    from .logit_kd import PromptCompletionCollator
 
     device = next(model.parameters()).device
-    ids, labels = [], []
-    for prompt, completion in zip(prompts, completions):
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids.append(p + c)
-        labels.append([-100] * len(p) + c)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-    label_ids = torch.tensor([[-100] * (width - len(x)) + x for x in labels], device=device)
-    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(x) for x in ids])[:, None]).long().to(device)
-    return model(input_ids=input_ids, attention_mask=mask, labels=label_ids).loss
+    batch = PromptCompletionCollator(tokenizer)([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                 labels=batch["labels"].to(device)).loss
 
 
 def influence_scores(model, tokenizer, task: Task, demos: Sequence[tuple[str, str]], questions: Sequence[Example],
