@@ -47,11 +47,11 @@ def bench_prompt(model: EdgeModel, tokens: int, text: str) -> list[int]:
 def measure(bundle: Path, model_file: str = "model.onnx", prompt_text: str = "", prompt_tokens: int | None = None,
             new_tokens: int | None = None, warmup: int | None = None, repeats: int | None = None,
             threads: int | None = None) -> dict:
-    bench = tomllib.loads((bundle / "target.toml").read_text()).get("bench", {})
-    prompt_tokens = prompt_tokens or bench.get("prompt_tokens", 64)
-    new_tokens = new_tokens or bench.get("new_tokens", 32)
-    warmup = bench.get("warmup", 3) if warmup is None else warmup
-    repeats = repeats or bench.get("repeats", 10)
+    bench = tomllib.loads((bundle / "target.toml").read_text())["bench"]  # a validated target: every key is there
+    prompt_tokens = prompt_tokens or bench["prompt_tokens"]
+    new_tokens = new_tokens or bench["new_tokens"]
+    warmup = bench["warmup"] if warmup is None else warmup
+    repeats = repeats or bench["repeats"]
     model = EdgeModel.load(bundle, threads=threads, model_file=model_file)
     model.eos_ids = []  # a benchmark decodes exactly new_tokens tokens
     ids = bench_prompt(model, prompt_tokens, prompt_text or "Q: A line makes 12 parts per hour.\nA:")

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from small_runs import overrides
 
 pytestmark = pytest.mark.slow
-SMALL = ["name=crash", "threads=1", "workers=1", "elicit.drafts=8", "elicit.batch_size=16",
-         "prefer.preference_questions=8", "prefer.probe_demos=2", "align.max_steps=2", "align.batch_size=4",
-         "generate.examples=16", "generate.compare_questions=4", "generate.compare_preference=4",
-         "distill.max_steps=4", "distill.batch_size=8", "distill.ablation_seeds=1", "evaluate.test_questions=16",
-         "export.parity_prompts=1", "bench.reference_rounds=1"]
+SMALL = overrides("crash", workers=1, elicit__drafts=8, elicit__batch_size=16, prefer__preference_questions=8,
+                  prefer__probe_demos=2, align__max_steps=2, generate__examples=16, generate__compare_questions=4,
+                  generate__compare_preference=4, distill__max_steps=4, distill__ablation_seeds=1,
+                  evaluate__test_questions=16, export__parity_prompts=1)
 # what a rerun must reproduce exactly: the exported and quantized graphs and what the bundle ships
 DETERMINISTIC = ["export/fp32/model.onnx", "export/quantized/model.onnx", "bundle/model.onnx", "bundle/tokenizer.json",
                  "bundle/config.json", "bundle/target.toml", "bundle/edge_runtime.py"]

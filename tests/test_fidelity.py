@@ -13,7 +13,7 @@ from edge_tailor.export.fidelity import fidelity, fp32_reference, reference_sequ
 from edge_tailor.export.onnx_export import export_onnx
 from edge_tailor.export.quantize import quantize_for_target
 from edge_tailor.models import resolve_model_path
-from edge_tailor.stages.export import candidates, holds
+from edge_tailor.stages.export import candidates, choose, holds
 from edge_tailor.target import load_target
 from edge_tailor.toyworld.task import toy_task
 
@@ -75,3 +75,15 @@ def test_verify_checks_agreement_with_the_fp32_reference(graphs):
     wrong = _bundle(root, fp32, fp32_reference(teacher, sequences[:4]), "wrong")
     with pytest.raises(ArtifactError, match=r"model.onnx: fidelity: top-1 agreement with the fp32 reference"):
         verify_bundle(wrong)
+
+
+def test_the_first_candidate_that_holds_ships_else_the_smallest_drop():
+    def a(name, drop, ok, measured_only=False):
+        return {"setting": name, "drop": drop, "holds": ok, "measured_only": measured_only}
+
+    target, head, w8, w4 = a("target", 0.08, False), a("lm_head_fp32", 0.01, True), a("w8", 0.0, True), \
+        a("w4", -0.01, True, measured_only=True)
+    assert choose([target, head, w8, w4]) == (head, True)  # order wins over a smaller drop: QAT's scheme first
+    assert choose([a("target", 0.01, True), head, w8, w4])[0]["setting"] == "target"
+    broken = [a("target", 0.08, False), a("lm_head_fp32", 0.06, False), a("w8", 0.07, False), w4]
+    assert choose(broken) == (broken[1], False)  # never the measured-only 4-bit file, even with the best drop

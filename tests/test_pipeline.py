@@ -6,13 +6,10 @@ import pytest
 
 from edge_tailor.cli import main
 from edge_tailor.pipeline import STAGE_NAMES
+from small_runs import overrides
 
 pytestmark = pytest.mark.slow
-SMALL = ["name=smoke", "threads=1", "elicit.drafts=12", "elicit.batch_size=24", "prefer.preference_questions=16",
-         "prefer.probe_demos=3", "align.max_steps=4", "align.batch_size=4", "generate.examples=24",
-         "generate.compare_questions=6", "generate.compare_preference=8", "distill.max_steps=6",
-         "distill.batch_size=8", "distill.ablation_seeds=2", "evaluate.test_questions=24", "export.parity_prompts=2",
-         "bench.reference_rounds=1", "align.rounds=2"]
+SMALL = overrides("smoke", align__rounds=2)
 REPORT_KEYS = {"target", "accuracy", "ablation", "latency", "budgets", "passed"}
 
 

@@ -44,6 +44,14 @@ def holds(attempt: dict, target: Target) -> bool:
             and (b.max_mean_kl is None or fid["mean_kl"] <= b.max_mean_kl))
 
 
+def choose(attempts: list[dict]) -> tuple[dict, bool]:
+    """The first shippable attempt that holds every budget; else the shippable one with the smallest accuracy
+    drop, and False (the gate will fail)."""
+    shippable = [a for a in attempts if not a["measured_only"]]
+    held = [a for a in shippable if a["holds"]]
+    return (held[0], True) if held else (min(shippable, key=lambda a: a["drop"]), False)
+
+
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     from ..benchmarks.accuracy import edge_accuracy
     from ..export.fidelity import fidelity, fp32_reference, reference_sequences
@@ -71,9 +79,9 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     fp32_acc = run_dir.record("distill")["metrics"]["student_fp32"]["accuracy"]
     calibration = [task.prompt(ex.question) for ex in task.preference[: cfg.export.calibration_samples]]
 
-    attempts, chosen = [], None
+    attempts = []
     for name, candidate in candidates(target):
-        if chosen is not None and not cfg.export.try_all and name not in MEASURED_ONLY:
+        if not cfg.export.try_all and name not in MEASURED_ONLY and any(a["holds"] for a in attempts):
             continue
         out = folder / "attempts" / name
         shutil.rmtree(out, ignore_errors=True)
@@ -89,11 +97,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         console.print(f"  {name}: accuracy drop {attempt['drop']:+.3f}, top-1 agreement "
                       f"{attempt['fidelity']['top1_agreement']:.3f}, KL {attempt['fidelity']['mean_kl']:.4f}"
                       + ("" if attempt["holds"] else " (breaks a budget)"))
-        if chosen is None and attempt["holds"] and name not in MEASURED_ONLY:
-            chosen = attempt
-    shippable = [a for a in attempts if not a["measured_only"]]
-    if chosen is None:
-        chosen = min(shippable, key=lambda a: a["drop"])
+    chosen, held = choose(attempts)
+    if not held:
         console.print(f"[red]  no quantization held the target's accuracy and fidelity budgets; shipping "
                       f"'{chosen['setting']}' (smallest accuracy drop): the gate will fail[/red]")
     chosen["shipped"] = True
