@@ -176,6 +176,10 @@ class ExportConfig(Section):
 
 class BenchConfig(Section):
     reference_rounds: int = Field(5, ge=1, description="interleaved PyTorch-fp32 / edge rounds for relative budgets")
+    reference_threads: int = Field(
+        1, ge=1, description="threads of both sides of the relative-budget reference: one, because on a busy "
+        "shared machine torch's 2-thread pool slowed 17x to 150x (measured: 200 ms/token against 1.3 quiet) "
+        "while ONNX Runtime slowed far less, which hides a slower edge runtime; absolute figures use the target's")
 
 
 class RunConfig(Section):

@@ -53,7 +53,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     main = dict(latency["model.onnx"])
     ids = bench_prompt(EdgeModel.load(model_dir), target.bench.prompt_tokens, prompt_text)
     main["reference"] = interleaved(run_dir.stage_dir("distill") / "student", model_dir, ids, target.bench.new_tokens,
-                                    target.runtime.intra_op_threads, rounds=cfg.bench.reference_rounds)
+                                    cfg.bench.reference_threads, rounds=cfg.bench.reference_rounds)
     main["variants"] = latency
     # every candidate the export measured, and the fp32 graph: the accuracy-latency picture of the report
     export = run_dir.stage_dir("export")
