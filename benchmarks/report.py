@@ -188,12 +188,21 @@ def _accuracy_latency_plot(report: dict, path: Path, plt) -> None:
         floor = acc["student_fp32"] - budgets["max_accuracy_drop"]["limit"]
         ax.axhline(floor, color="#c33", linestyle="--", linewidth=1, label=f"accuracy budget (fp32 - {budgets['max_accuracy_drop']['limit']:g})")
     ref = lat.get("reference") or {}
+    limit, label = None, None
     if "ms_per_token_p50" in budgets:
-        ax.axvline(budgets["ms_per_token_p50"]["limit"], color="#36c", linestyle="--", linewidth=1, label="latency budget (p50)")
+        limit, label = budgets["ms_per_token_p50"]["limit"], "latency budget (p50)"
     elif "ms_per_token_vs_torch_fp32" in budgets and ref.get("torch_fp32_ms_per_token_p50"):
         # a relative budget, drawn at this run's interleaved PyTorch figure
         limit = budgets["ms_per_token_vs_torch_fp32"]["limit"] * ref["torch_fp32_ms_per_token_p50"]
-        ax.axvline(limit, color="#36c", linestyle="--", linewidth=1, label="latency budget (x PyTorch fp32)")
+        label = "latency budget (x PyTorch fp32)"
+    right = 1.3 * max((ms for _, ms, _, _, _ in points), default=1.0)
+    if limit is not None and limit <= 3 * right:
+        right = max(right, 1.1 * limit)
+        ax.axvline(limit, color="#36c", linestyle="--", linewidth=1, label=label)
+    elif limit is not None:  # far right of every variant: say so rather than squash the points
+        ax.text(0.98, 0.02, f"{label}: {limit:.3g} ms, off the chart", transform=ax.transAxes, ha="right",
+                fontsize=7, color="#36c")
+    ax.set_xlim(0, right)
     values = [a for _, _, a, _, _ in points] + ([floor] if acc.get("student_fp32") is not None and "max_accuracy_drop" in budgets else [])
     if values:
         low, high = min(values), max(values)
