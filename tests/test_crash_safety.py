@@ -39,7 +39,9 @@ def finished(tmp_path_factory):
     done = subprocess.run(_tailor("run", "--out", str(out), *SMALL), capture_output=True, text=True)
     assert done.returncode in (0, 1), done.stderr[-2000:]
     run = out / "crash"
-    return run, _digests(run), json.loads((run / "bundle" / "manifest.json").read_text())["smoke"]
+    digests = _digests(run)
+    print("uninterrupted run:", json.dumps({k: v[:16] for k, v in digests.items()}))  # shown with -s
+    return run, digests, json.loads((run / "bundle" / "manifest.json").read_text())["smoke"]
 
 
 def _kill_when(cmd: list[str], ready, timeout: float = 300) -> subprocess.Popen:
