@@ -77,33 +77,16 @@ def cache_root(cache: str | os.PathLike | None = None) -> Path:
 
 @dataclass(frozen=True)
 class LlamaCpp:
-    """A built llama.cpp: where its tools, converter and helper packages are."""
+    """A built llama.cpp: where its tools, converter and helper packages are (all under ``root``)."""
 
     root: Path
 
-    @property
-    def src(self) -> Path:
-        return self.root / "src" / "vendor" / "llama.cpp"
-
-    @property
-    def bin(self) -> Path:
-        return self.root / "build" / "bin"
-
-    @property
-    def llama_bench(self) -> Path:
-        return self.bin / "llama-bench"
-
-    @property
-    def llama_quantize(self) -> Path:
-        return self.bin / "llama-quantize"
-
-    @property
-    def converter(self) -> Path:
-        return self.src / "convert_hf_to_gguf.py"
-
-    @property
-    def pydeps(self) -> Path:
-        return self.root / "pydeps"
+    def __post_init__(self):
+        source, tools = self.root / "src" / "vendor" / "llama.cpp", self.root / "build" / "bin"
+        for name, path in (("src", source), ("bin", tools), ("llama_bench", tools / "llama-bench"),
+                           ("llama_quantize", tools / "llama-quantize"),
+                           ("converter", source / "convert_hf_to_gguf.py"), ("pydeps", self.root / "pydeps")):
+            object.__setattr__(self, name, path)  # frozen: derived once from root
 
     @property
     def info(self) -> dict:
