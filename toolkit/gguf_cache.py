@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
+from .rundir import sha256_file
 
 PYPI_PREFIX = "pypi:"
 GGUF_MAGIC = b"GGUF"
@@ -185,12 +186,8 @@ def _expected_sha(files: list[Path], base: str) -> str | None:
 def file_sha256(file: Path) -> str:
     st = file.stat()
     key = (str(file), st.st_size, st.st_mtime_ns)
-    if key not in _sha_memo:
-        digest = hashlib.sha256()
-        with file.open("rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        _sha_memo[key] = digest.hexdigest()
+    if key not in _sha_memo:  # hashing ~100 MB per call would cost every resolve of the same file
+        _sha_memo[key] = sha256_file(file)
     return _sha_memo[key]
 
 
