@@ -9,6 +9,7 @@ Optimum's ``ORTModelForCausalLM`` through Hugging Face ``generate``, and the edg
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ class Engine:
     """One way to decode: ``decode(n)`` generates exactly ``n`` greedy tokens and returns them."""
 
     name: str
-    kind: str  # "pytorch", "optimum" or "edge"
+    kind: str  # "pytorch", "optimum", "edge", "genai" or "llama.cpp"
     model_file: Path | None = None
 
     def decode(self, n: int) -> list[int]:
@@ -85,6 +86,52 @@ class EdgeEngine(Engine):
         return result.tokens
 
 
+class GenaiEngine(Engine):
+    """onnxruntime-genai on a bundle folder (its ``genai_config.json``), greedy, exactly n new tokens."""
+
+    def __init__(self, name: str, folder: Path, prompt: list[int], threads: int):
+        import onnxruntime_genai as og
+
+        self.og, self.name, self.kind, self.prompt = og, name, "genai", prompt
+        config = og.Config(str(folder))
+        # the engines are timed at the same thread count; genai reads it from the session options
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
+                                                                              "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+        decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+        self.model_file = folder / decoder["filename"]
+
+    def decode(self, n: int) -> list[int]:
+        length = len(self.prompt) + n
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(self.prompt)
+        while not generator.is_done():
+            generator.generate_next_token()
+        return [int(t) for t in generator.get_sequence(0)][len(self.prompt):]
+
+
+class LlamaCppEngine(Engine):
+    """llama.cpp's own ``llama-bench`` (a subprocess per round): token generation after a prompt-sized context.
+
+    ``llama-bench -p 0 -n N -d P -r 1``: the context is filled with P tokens first, untimed, then N
+    tokens are generated and timed; ms/token = 1000 / tokens/s. Its tokens are random ids and stay
+    in llama.cpp, so there are no tokens to compare and no first-token time.
+    """
+
+    def __init__(self, name: str, gguf: Path, prompt_tokens: int, threads: int, llama):
+        self.name, self.kind, self.model_file, self.llama = name, "llama.cpp", gguf, llama
+        self.prompt_tokens, self.threads = prompt_tokens, threads
+
+    def measure_once(self, new_tokens: int) -> dict:
+        from .llamacpp import bench
+
+        result = bench(self.model_file, threads=self.threads, prompt_tokens=0, new_tokens=new_tokens, repeats=1,
+                       depth=self.prompt_tokens, llama=self.llama, timeout=600)
+        return {"per_token": result["ms_per_token"], "t1": None, "tokens": [], "in_loop": None}
+
+
 # --- measuring -------------------------------------------------------------------------------------
 
 def per_token_ms(t_n: float, t_1: float, n: int) -> float:
@@ -115,6 +162,9 @@ def interleave(measures: dict[str, Callable[[], object]], rounds: int, warmup: i
 
 def _timed_decodes(engine: Engine, new_tokens: int) -> Callable[[], dict]:
     """One measurement of an engine: end-to-end times of a 1-token and an n-token greedy decode."""
+    if isinstance(engine, LlamaCppEngine):
+        return lambda: engine.measure_once(new_tokens)
+
     def measure() -> dict:
         started = time.perf_counter()
         engine.decode(1)
@@ -136,7 +186,7 @@ def run_rounds(engines: list[Engine], new_tokens: int, rounds: int, warmup: int,
 
     kept = interleave({e.name: _timed_decodes(e, new_tokens) for e in engines}, rounds, warmup,
                       after_round=progress)
-    samples = {name: {"per_token": [m["per_token"] for m in ms], "t1": [m["t1"] for m in ms],
+    samples = {name: {"per_token": [m["per_token"] for m in ms], "t1": [m["t1"] for m in ms if m["t1"] is not None],
                       "in_loop": [statistics.median(m["in_loop"]) for m in ms if m["in_loop"] is not None]}
                for name, ms in kept.items()}
     tokens = {name: ms[-1]["tokens"] for name, ms in kept.items()}
@@ -148,11 +198,12 @@ def run_rounds(engines: list[Engine], new_tokens: int, rounds: int, warmup: int,
             "kind": e.kind, "ms_per_token": round(statistics.median(s["per_token"]), 3),
             "ms_per_token_iqr": [round(float(q1), 3), round(float(q3), 3)],
             "ms_per_token_rounds": [round(x, 3) for x in s["per_token"]],
-            "ttft_ms": round(statistics.median(s["t1"]), 2),
+            "ttft_ms": round(statistics.median(s["t1"]), 2) if s["t1"] else None,
             "edge_in_loop_ms_per_token": round(statistics.median(s["in_loop"]), 3) if s["in_loop"] else None,
             "model_file": str(e.model_file) if e.model_file else None,
             "model_mb": round(e.model_file.stat().st_size / 1e6, 1) if e.model_file else None,
-            "weight_mb_per_token": round(weight_bytes_per_token(e.model_file) / 1e6, 1) if e.model_file else None,
+            "weight_mb_per_token": round(weight_bytes_per_token(e.model_file) / 1e6, 1)
+            if e.model_file and e.model_file.suffix == ".onnx" else None,
             "tokens": tokens[e.name],
         }
     return results

@@ -61,8 +61,9 @@ def _report() -> dict:
              "edge fused int8": "edge", "edge fused 8-bit": "edge", "edge fused 4-bit": "edge"}
     results = {n: {"kind": k, "ms_per_token": ms, "ms_per_token_iqr": [ms, ms], "ttft_ms": 10.0, "model_mb": None,
                    "tokens": [1, 2]} for (n, k), ms in zip(names.items(), [30, 6, 4.5, 4.2, 3.3, 3.0, 2.2])}
-    report = {"date": "2026-01-01T00:00:00", "results": results, "ratios": peers.ratios(results),
-              "floors": {"int8": {"weight_mb": 110, "ms_per_token": 2.3}},
+    floors = {"int8": {"weight_mb": 110, "ms_per_token": 2.3}}
+    report = {"date": "2026-01-01T00:00:00", "results": results, "ratios": peers.ratios(results, floors),
+              "floors": floors,
               "bandwidth": {"read_gb_s": 48.0},
               "model": {"parameters": 134e6, "size": {"hidden": 768, "layers": 12, "vocab": 32000}},
               "settings": {"threads": 2, "prompt_tokens": 64, "new_tokens": 32, "rounds": 9, "warmup": 2},
@@ -75,6 +76,42 @@ def test_ratios_pick_the_fastest_int8_class_engine():
     assert r["edge int8 best"] == "edge fused 8-bit"
     assert r["edge int8 best / optimum int8"] == pytest.approx(0.5)
     assert r["edge 4-bit / optimum int8"] == pytest.approx(2.2 / 6, abs=1e-3)
+
+
+def test_ratios_against_llama_cpp_and_the_floors():
+    results = {n: {"ms_per_token": ms} for n, ms in
+               {"edge fused 8-bit": 8.0, "edge fused 4-bit": 6.0, "llama.cpp Q8_0": 10.0, "llama.cpp Q4_0": 5.0}.items()}
+    floors = {"8-bit": {"ms_per_token": 5.0}, "4-bit": {"ms_per_token": 2.5}}
+    r = peers.ratios(results, floors)
+    assert r["edge fused 8-bit / llama.cpp Q8_0"] == pytest.approx(0.8)
+    assert r["edge fused 4-bit / llama.cpp Q4_0"] == pytest.approx(1.2)
+    assert r["edge fused 8-bit / its floor"] == pytest.approx(1.6) and r["edge fused 4-bit / its floor"] == pytest.approx(2.4)
+    assert r["llama.cpp Q8_0 / the 8-bit floor"] == pytest.approx(2.0)
+    assert "edge int8 best" not in r  # no Optimum INT8 in this run: no ratio to it
+
+
+def test_prepare_makes_only_what_the_engines_need_and_what_that_is_made_from(tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr("edge_tailor.export.onnx_export.export_onnx", lambda src, dst: made.append("fp32") or
+                        Path(dst).mkdir(parents=True))
+
+    def fake_quantize(src, dst, target, fuse=None):
+        made.append(Path(dst).name)
+        Path(dst).mkdir(parents=True)
+
+    def fake_fuse(src, dst, attention):
+        made.append("fused-fp32")
+
+    monkeypatch.setattr("edge_tailor.export.quantize.quantize_for_target", fake_quantize)
+    monkeypatch.setattr("edge_tailor.export.fusion.fuse_graph", fake_fuse)
+    monkeypatch.setattr("edge_tailor.export.genai_config.write_genai_config", lambda folder, target=None: None)
+    prepared = peers.prepare(tmp_path, tmp_path / "model", {"fused-q8"}, lambda m: None)
+    assert made == ["fp32", "fused-fp32", "fused-q8"]  # in dependency order, nothing else
+    assert (tmp_path / "fused-q8" / "peers_recipe.txt").read_text() == peers.RECIPE
+    assert set(prepared["prepare_seconds"]) == {"fp32", "fused-fp32", "fused-q8"}
+    made.clear()
+    peers.prepare(tmp_path, tmp_path / "model", {"fused-q8"}, lambda m: None)
+    assert made == []  # stamped folders are reused
 
 
 def test_table_and_plot(tmp_path):
@@ -180,3 +217,42 @@ def test_fused_graph_quantizes_and_keeps_the_shared_cache(tiny, tmp_path):
     assert not runtime.EdgeModel.load(tmp_path / "ort").shared_kv
     with pytest.raises(Exception, match="unknown fusion 'everything'"):
         quantize_for_target(tiny / "fp32", tmp_path / "bad", "ci-x86", fuse="everything")
+
+
+@pytest.mark.slow
+def test_genai_engine_decodes_exactly_n_tokens_equal_to_the_edge_engine(tiny, tmp_path):
+    from edge_tailor.export.genai_config import write_genai_config
+
+    quantize_for_target(tiny / "fused", tmp_path / "q8", peers._weight_only_target(8, 32))
+    write_genai_config(tmp_path / "q8", target="ci-x86")
+    prompt = PROMPTS[0]
+    edge = engines.EdgeEngine("edge", tmp_path / "q8", prompt, threads=1)
+    genai = engines.GenaiEngine("genai", tmp_path / "q8", prompt, threads=1)
+    assert genai.model_file == tmp_path / "q8" / "model.onnx"
+    for n in (1, 20):
+        tokens = genai.decode(n)
+        assert len(tokens) == n  # min_length: no early stop at an eos, as the edge engine's empty eos list
+        assert tokens == edge.decode(n)
+
+
+def test_profile_summary_splits_prefill_decode_kernels_and_scheduling():
+    from edge_tailor.benchmarks.profile import summarize
+
+    def run(ts, dur):
+        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+
+    def node(ts, dur, op):
+        return {"cat": "Node", "name": f"n{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [run(0, 900), node(10, 800, "MatMulNBits"),  # the prefill: not counted per step
+              run(1000, 100), node(1010, 60, "MatMulNBits"), node(1080, 20, "GroupQueryAttention"),
+              run(2000, 120), node(2010, 70, "MatMulNBits"), node(2090, 30, "GroupQueryAttention"),
+              {"cat": "Node", "name": "n_fence_before", "ts": 2011, "dur": 5}]
+    s = summarize(events)
+    assert s["decode_steps"] == 2 and s["prefill_run_ms"] == 0.9
+    assert s["session_run_ms"] == pytest.approx(0.11) and s["kernels_ms"] == pytest.approx(0.09)
+    assert s["between_kernels_ms"] == pytest.approx(0.02)
+    assert list(s["ops"]) == ["MatMulNBits", "GroupQueryAttention"]
+    assert s["ops"]["MatMulNBits"] == {"ms_per_step": 0.065, "kernels_per_step": 1.0, "share_of_run": pytest.approx(0.5909, abs=1e-4)}
+    with pytest.raises(ValueError, match="fewer than two"):
+        summarize([run(0, 10)])
