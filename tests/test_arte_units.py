@@ -39,14 +39,51 @@ def test_tagged_parser_keeps_complete_blocks_only():
     task = _generic_task()
     seeds = [Example("Is ice cold?", "Yes")]
     prompt = drafting_prompt(task, seeds)
-    assert prompt.endswith("<Question_2>") and "<input>Is ice cold?</input><target>Yes</target>" in prompt
-    out = "<input>Is fire hot?</input><target>Yes</target></Question_2>\n<Question_3><input>Broken" \
+    assert prompt.endswith("<Question_2><input>") and "<input>Is ice cold?</input><target>Yes</target>" in prompt
+    out = "Is fire hot?</input><target>Yes</target></Question_2>\n<Question_3><input>Broken" \
           "\n<Question_4><input>Is snow dark?</input><target>no</target></Question_4>"
     assert parse_drafts(task, out) == [("Is fire hot?", "Yes"), ("Is snow dark?", "no")]
     filt = DraftFilter(task)
     filt.add("Is snow dark?", "no")
     filt.add("Is it?", None)
     assert filt.kept[0].answer == "No" and filt.dropped["no_target"] == 1
+
+
+def test_few_seeds_are_not_halved_into_identical_drafting_prompts():
+    from edge_tailor.tasks.splits import elicit_seeds
+
+    three = Task(name="g", description="d", answer_kind="yesno", seed=[Example(f"q{i}", "Yes") for i in range(3)],
+                 preference=[], test=[], techniques={})
+    drafting, held_out = elicit_seeds(three, per_prompt=3)
+    assert drafting == held_out == three.seed  # 3 seeds: all draft (halving left 1: every prompt the same)
+    six = Task(name="g", description="d", answer_kind="yesno", seed=[Example(f"q{i}", "Yes") for i in range(6)],
+               preference=[], test=[], techniques={})
+    drafting, held_out = elicit_seeds(six, per_prompt=3)
+    assert drafting == six.seed[:3] and held_out == six.seed[3:]
+
+
+def test_draft_questions_keeps_raw_outputs_and_stops_clearly_when_nothing_parses(monkeypatch):
+    from edge_tailor import teaching
+    from edge_tailor.config import ElicitConfig
+
+    task = _generic_task()
+    task.seed.extend([Example("Is ice cold?", "Yes"), Example("Is fire hot?", "Yes")])
+    replies = iter([["I am a helpful assistant.", "Is snow dark?</input><target>no</target></Question_3>"],
+                    ["Sure! Here are questions:"] * 4] + [["nothing"] * 4] * 3)
+    monkeypatch.setattr(teaching, "generate", lambda model, tok, prompts, **kw: next(replies)[: len(prompts)])
+    kept, filt, raw = teaching.draft_questions(None, None, task, task.seed, 2, ElicitConfig(), seed=0)
+    assert [e.question for e in kept] == ["Is snow dark?"] and raw == 1
+    assert filt.outputs[0] == {"round": 1, "output": "I am a helpful assistant.", "parsed": 0}
+    assert filt.outputs[1]["parsed"] == 1 and {o["round"] for o in filt.outputs} == {1, 2, 3, 4}
+    teaching.require_drafts(filt, raw)  # something usable: no error
+
+    replies = iter([["I am a helpful assistant."] * 4] * 4)
+    kept, filt, raw = teaching.draft_questions(None, None, task, task.seed, 2, ElicitConfig(), seed=0)
+    with pytest.raises(InputError) as error:
+        teaching.require_drafts(filt, raw)
+    message = str(error.value)
+    assert message.startswith("config: teacher: 16 drafting outputs gave 0 questions") and "log.txt" in message
+    assert "'I am a helpful assistant.'" in message
 
 
 def test_technique_prompt_and_erasure():
@@ -156,3 +193,14 @@ def test_annotation_order_and_composition():
     ex = Example("Is ice cold?", "Yes")
     text = compose(_generic_task(), ex, {"C": "ice is frozen water.", "M": "confusing cold with wet."}, "CM")
     assert text == "Reasoning: ice is frozen water. Common mistakes: confusing cold with wet. <ans>Yes</ans>"
+
+
+def test_errors_cross_process_boundaries_intact():
+    import pickle
+
+    from edge_tailor.errors import ArtifactError, EnvironmentFailure
+
+    for error in (InputError("config", "teacher", "drafted nothing"), ArtifactError("b/model.onnx", "sha256", "bad"),
+                  EnvironmentFailure("runs/x", "locked")):
+        again = pickle.loads(pickle.dumps(error))  # a worker process's error reaches the CLI this way
+        assert type(again) is type(error) and str(again) == str(error)

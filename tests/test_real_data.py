@@ -1,6 +1,10 @@
 """The ARTE stages on a real-format task (a BBH excerpt) with the embedded tiny models: the
 loaders, prompts, parsers and scoring run end to end and the records say what happened
-(accuracy is near zero: these models never saw such text)."""
+(accuracy is near zero: these models never saw such text).
+
+The toy teacher cannot draft BBH questions (it never saw the tagged format), so elicit stops with a
+clear error; the run through prefer, align and generate drafts with a stand-in that returns BBH
+questions through the same filter, so everything after drafting runs on the real format."""
 
 import json
 from pathlib import Path
@@ -13,8 +17,40 @@ pytestmark = pytest.mark.slow
 BBH = Path(__file__).parent / "fixtures" / "bbh"
 
 
-def test_arte_stages_on_bbh(tmp_path):
-    args = ["run", "--out", str(tmp_path), "name=bbh", "threads=1", "task.name=bbh",
+ARGS = ["name=bbh", "threads=1", "task.name=bbh", f"task.path={BBH / 'tasks' / 'navigate.json'}",
+        f"task.cot_prompt={BBH / 'cot-prompts' / 'navigate.txt'}", "elicit.drafts=4", "elicit.max_new_tokens=48"]
+
+
+def test_elicit_stops_clearly_when_the_teacher_drafts_nothing(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), *ARGS, "--only", "elicit"]) == 2
+    err = capsys.readouterr().err
+    assert "error: config: teacher: 16 drafting outputs gave 0 questions" in err and "log.txt" in err
+    run = tmp_path / "bbh"
+    assert not (run / "elicit").exists()  # the failed stage left nothing behind but the log
+    log = (run / "log.txt").read_text()
+    assert "draft 0 (round 1, 0 parsed):" in log and "draft 15 (round 4, 0 parsed):" in log
+
+
+def _bbh_drafter(monkeypatch):
+    """A stand-in teacher's drafting: BBH questions from the task's test split, through the real filter."""
+    from edge_tailor import arte, tailored
+    from edge_tailor.drafting import DraftFilter
+
+    def draft(model, tokenizer, task, seeds, wanted, cfg, seed, exclude=(), max_rounds=4):
+        filt = DraftFilter(task, seen=set(seeds and [s.question for s in seeds]))
+        for example in task.test[-wanted:]:
+            filt.outputs.append({"round": 1, "output": example.question, "parsed": 1})
+            filt.add(example.question, example.answer)
+        return filt.kept, filt, wanted
+
+    monkeypatch.setattr(arte, "draft_questions", draft)
+    monkeypatch.setattr(tailored, "draft_questions", draft)
+
+
+def test_arte_stages_on_bbh(tmp_path, monkeypatch):
+    _bbh_drafter(monkeypatch)
+    # workers=1: the teachers' data in this process, where the stand-in drafter is patched in
+    args = ["run", "--out", str(tmp_path), "name=bbh", "threads=1", "workers=1", "task.name=bbh",
             f"task.path={BBH / 'tasks' / 'navigate.json'}", f"task.cot_prompt={BBH / 'cot-prompts' / 'navigate.txt'}",
             "elicit.drafts=4", "elicit.max_new_tokens=48", "elicit.rationale_tokens=32", "prefer.max_new_tokens=16",
             "prefer.probe_demos=2", "generate.examples=4", "generate.compare_questions=4",
@@ -25,18 +61,31 @@ def test_arte_stages_on_bbh(tmp_path):
     record = lambda s: json.loads((run / "records" / f"{s}.json").read_text())["metrics"]  # noqa: E731
     elicit = record("elicit")
     assert elicit["raw_questions"] == elicit["questions_kept"] + sum(elicit["questions_dropped"].values())
+    assert elicit["questions_kept"] == 4 and elicit["drafting_outputs"] == 4
+    assert len((run / "elicit" / "raw_drafts.jsonl").read_text().splitlines()) == 4
     from edge_tailor.tasks.bbh import load_bbh
 
     assert elicit["techniques"] == list(load_bbh(BBH / "tasks" / "navigate.json").techniques)
     prefer = record("prefer")
-    # probes: 2 one-shot conditions (prefer.probe_demos=2) from the teacher's well-formed drafts, or, when the
-    # toy teacher drafts fewer than 2 usable ones on real BBH text (it does: it never saw such text), the
-    # task's own CoT rationales; with 2 probes the discrimination index picks the preference set
-    source = "drafts" if elicit["rationales_well_formed"] >= 2 else "seed rationales"
-    assert prefer["preference_set"]["probes"] == f"2 {source}"
+    # probes: 2 one-shot conditions (prefer.probe_demos=2) from the task's own CoT rationales, which are
+    # never scored (drafts as probes would be scored on the items chosen to separate them)
+    assert prefer["preference_set"]["probes"] == "2 seed rationales"
+    assert prefer["drafts_unscored_probes"] == 0
     assert prefer["preference_set"]["method"] == "discrimination_index"
     assert prefer["preference_set"]["kept"] == 4
     generate = record("generate")
     assert set(generate["data"]) == {"original", "aligned"}
     for which in ("original", "aligned"):
         assert (run / "generate" / f"{which}.jsonl").exists()
+
+
+def test_baseline_decodes_the_teacher_once_where_tools_change_nothing(tmp_path, monkeypatch):
+    from edge_tailor.stages import baseline
+
+    calls = []
+    real = baseline.evaluate_model
+    monkeypatch.setattr(baseline, "evaluate_model", lambda *a, **kw: calls.append(kw["description"]) or real(*a, **kw))
+    assert main(["run", "--out", str(tmp_path), *ARGS, "evaluate.test_questions=4", "--only", "baseline"]) == 0
+    metrics = json.loads((tmp_path / "bbh" / "records" / "baseline.json").read_text())["metrics"]
+    assert calls == ["teacher on test", "student on test"]  # BBH: no arithmetic, no solutions to ground in
+    assert metrics["teacher_tools_apply"] is False and metrics["teacher_with_tools"] == metrics["teacher"]

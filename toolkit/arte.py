@@ -26,22 +26,24 @@ from .scoring import influence_scores, one_shot_accuracy, one_shot_correct
 from .tasks import load_task
 from .tasks.base import Example
 from .tasks.splits import elicit_seeds, held_out_questions
-from .teaching import draft_questions, write_rationales
+from .teaching import draft_questions, require_drafts, write_rationales
 
 
 # --- elicit -----------------------------------------------------------------------------------------
 
 def elicit_drafts(cfg: RunConfig, task, teacher, seed: int) -> tuple[list, list[dict], dict]:
-    """Drafted questions, one rationale per technique for each, and the counts (drafted, dropped and why)."""
+    """Drafted questions, one rationale per technique for each, the counts (drafted, dropped and why) and
+    the teacher's raw drafting outputs."""
     techniques = cfg.elicit.techniques or list(task.techniques)
     unknown = [t for t in techniques if t not in task.techniques]
     if unknown:
         from .errors import InputError
 
         raise InputError("config", "elicit.techniques", f"unknown {unknown}; task has {list(task.techniques)}")
-    seeds, _ = elicit_seeds(task)
+    seeds, _ = elicit_seeds(task, cfg.elicit.seeds_per_prompt)
     questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, cfg.elicit.drafts,
                                            cfg.elicit, seed, exclude=held_out_questions(task))
+    require_drafts(filt, raw)
     drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, cfg.elicit, techniques=techniques,
                               temperature=cfg.elicit.rationale_temperature, seed=seed)
     metrics = {
@@ -51,8 +53,9 @@ def elicit_drafts(cfg: RunConfig, task, teacher, seed: int) -> tuple[list, list[
         "rationales_well_formed": sum(d["well_formed"] for d in drafts),
         "rationales_correct": sum(d["correct"] for d in drafts),
         "rationales_dropped": dict(Counter("no_answer" for d in drafts if not d["well_formed"])),
+        "drafting_outputs": len(filt.outputs),
     }
-    return questions, drafts, metrics
+    return questions, drafts, metrics, filt.outputs
 
 
 # --- score --------------------------------------------------------------------------------------------
@@ -63,16 +66,27 @@ def _score_args(cfg: RunConfig, task) -> dict:
 
 
 def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> tuple[list[Example], dict]:
-    """The most discriminative validation questions; conditions = one-shot with a sample of drafts."""
+    """The most discriminative validation questions; conditions = one-shot with a few probe demonstrations.
+
+    Probes are the task's seed rationales: independent of the drafts that are scored on the chosen
+    items. A task without them probes with drafts, which are then marked ``probe`` and left unscored
+    (items chosen to separate some drafts would otherwise score those same drafts). At most
+    ``prefer.probe_questions`` validation questions are probed, sampled with the run's seed.
+    """
     pc = cfg.prefer
-    validation = task.preference
     rng = random.Random(cfg.seed)
-    probes = [(d["question"], d["rationale"]) for d in rng.sample(usable, min(pc.probe_demos, len(usable)))]
-    probe_source = "drafts"
-    if len(probes) < 2:  # a teacher that drafts nothing usable (e.g. a toy model on real data)
-        probes = [(ex.question, ex.rationale) for ex in task.seed if ex.rationale][: pc.probe_demos]
-        probe_source = "seed rationales"
-    external = load_model_results(pc.model_results, len(validation)) if pc.model_results else None
+    picked = list(range(len(task.preference)))
+    if len(picked) > pc.probe_questions:
+        picked = sorted(rng.sample(picked, pc.probe_questions))
+    validation = [task.preference[i] for i in picked]
+    probes = [(ex.question, ex.rationale) for ex in task.seed if ex.rationale][: pc.probe_demos]
+    probe_source = "seed rationales"
+    if len(probes) < 2:
+        chosen = rng.sample(usable, min(pc.probe_demos, len(usable)))
+        for d in chosen:
+            d["probe"] = True
+        probes, probe_source = [(d["question"], d["rationale"]) for d in chosen], "drafts (left unscored)"
+    external = load_model_results(pc.model_results, len(task.preference))[:, picked] if pc.model_results else None
     keep_n = min(pc.preference_questions, len(validation))
     if len(probes) >= 2:
         results = np.array(one_shot_correct(student.model, student.tokenizer, task, probes, validation,
@@ -82,6 +96,7 @@ def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> 
     else:
         keep, selection = list(range(keep_n)), {"method": "first_n", "kept": keep_n, "of": len(validation)}
     selection["probes"] = f"{len(probes)} {probe_source}"
+    selection["probed_questions"] = len(validation)
     return [validation[i] for i in keep], selection
 
 
@@ -107,7 +122,7 @@ def one_shot_scores(cfg: RunConfig, task, student, demos: list[tuple[str, str]],
 
 def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: list[Example]):
     """Score every well-formed draft (s_r) and every question (s_q: mean over its rationales)."""
-    usable = [d for d in drafts if d["well_formed"]]
+    usable = [d for d in drafts if d["well_formed"] and not d.get("probe")]
     demos = [(d["question"], d["rationale"]) for d in usable]
     if not demos:
         scores = []
@@ -125,7 +140,9 @@ def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: 
         by_technique[d["technique"]].append(d["score"])
     question_scores = [{"question": q, "score": statistics.mean(v), "n": len(v)} for q, v in by_question.items()]
     metrics = {
-        "scorer": cfg.prefer.scorer, "drafts_scored": len(usable), "drafts_unscored_malformed": len(drafts) - len(usable),
+        "scorer": cfg.prefer.scorer, "drafts_scored": len(usable),
+        "drafts_unscored_malformed": sum(not d["well_formed"] for d in drafts),
+        "drafts_unscored_probes": sum(bool(d.get("probe")) for d in drafts),
         "mean_score": round(statistics.mean(scores), 4) if scores else None,
         "score_by_technique": {t: round(statistics.mean(v), 4) for t, v in by_technique.items()},
         "questions_scored": len(question_scores),
@@ -146,7 +163,7 @@ def build_pairs(cfg: RunConfig, task, drafts: list[dict], question_scores: list[
     """Question-level pairs (top vs bottom quartile) and rationale-level pairs (prompt erasure), shuffled."""
     answers = {d["question"]: d["answer"] for d in drafts}
     rng = random.Random(seed)
-    seeds, _ = elicit_seeds(task)
+    seeds, _ = elicit_seeds(task, cfg.elicit.seeds_per_prompt)
     pairs = []
     if cfg.align.question_pairs:
         pairs += question_pairs(task, question_scores, answers, seeds, cfg.elicit.seeds_per_prompt,

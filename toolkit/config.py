@@ -76,7 +76,10 @@ class PreferConfig(Section):
         "in_context", description="in_context: one-shot accuracy (ARTE); influence: validation-loss drop (Montessori)")
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, ge=4)
-    probe_demos: int = Field(6, ge=2, description="one-shot conditions used to find discriminative questions")
+    probe_demos: int = Field(6, ge=2, description="one-shot conditions used to find discriminative questions: "
+                             "the task's seed rationales, else drafts that are then left unscored")
+    probe_questions: int = Field(192, ge=4, description="validation questions probed to choose the preference set "
+                                 "from (cost: probe_demos x this generations); the split is sampled down to it")
     model_results: str | None = Field(None, description="JSON {model: [0/1 per validation question]} of several "
                                       "models: enables the IRT 2PL choice of the preference set")
 

@@ -2,7 +2,9 @@
 
 Two layouts: ARTE's tagged blocks (`<Question_k><input>..</input><target>..</target></Question_k>`)
 for instruction-following teachers, and plain `Q:` lines for the embedded world's teacher.
-Every drafted question is validated and de-duplicated; what is dropped is counted by reason.
+Every drafted question is validated and de-duplicated; what is dropped is counted by reason, and
+every raw output is kept (``DraftFilter.outputs``) so a run whose teacher drafted nothing usable can
+be read from its folder and log.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def drafting_prompt(task: Task, seeds: list[Example], new: int = 5) -> str:
     blocks = "".join(f"<Question_{i + 1}><input>{s.question}</input><target>{s.answer}</target></Question_{i + 1}>\n"
                       for i, s in enumerate(seeds))
     head = TAGGED_INSTRUCTION.format(description=task.description, k=len(seeds), m=new)
-    return f"{head}{blocks}<Question_{len(seeds) + 1}>"
+    # opened down to <input>: a real teacher then writes a question, where after a bare block tag
+    # it was free to write anything (SmolLM2: 0 parsed of 16 drafts)
+    return f"{head}{blocks}<Question_{len(seeds) + 1}><input>"
 
 
 def parse_drafts(task: Task, completion: str) -> list[tuple[str, str | None]]:
@@ -35,8 +39,8 @@ def parse_drafts(task: Task, completion: str) -> list[tuple[str, str | None]]:
     if task.drafting == "lines":
         lines = ("Q:" + completion).split("\n")
         return [(line[2:].strip(), None) for line in lines if line.startswith("Q:")]
-    # the prompt already opened the first block, so restore its tag before matching
-    text = f"<Question_0>{completion}"
+    # the prompt already opened the first block, so restore its tags before matching
+    text = f"<Question_0><input>{completion}"
     return [(q.strip(), t.strip()) for q, t in _BLOCK.findall(text)]
 
 
@@ -48,6 +52,7 @@ class DraftFilter:
     seen: set[str] = field(default_factory=set)
     dropped: Counter = field(default_factory=Counter)
     kept: list[Example] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)  # every raw teacher output, for the stage folder
 
     def __post_init__(self):
         self.seen = {self._key(q) for q in self.seen}

@@ -26,6 +26,9 @@ class InputError(ValueError):
         location = f"{self.source}: {where}" if where else self.source
         super().__init__(f"{location}: {problem}")
 
+    def __reduce__(self):  # raised in a worker process (parallel.run_jobs), it must cross back intact
+        return type(self), (self.source, self.where, self.problem)
+
 
 class ArtifactError(InputError):
     """A corrupted, tampered or missing artifact (hash mismatch, missing file)."""
@@ -38,6 +41,9 @@ class EnvironmentFailure(Exception):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.source, self.problem)
 
 
 class RunLocked(EnvironmentFailure):

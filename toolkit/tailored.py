@@ -11,7 +11,7 @@ from .config import RunConfig
 from .evaluate import binomial_stderr, student_tools
 from .scoring import one_shot_accuracy
 from .tasks.splits import held_out_questions
-from .teaching import draft_questions, write_rationales
+from .teaching import draft_questions, require_drafts, write_rationales
 
 TEACHERS = ("original", "aligned")  # whose data: the base teacher, or the one with the `align` adapters merged in
 
@@ -22,6 +22,7 @@ def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> t
     sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature, "batch_size": gc.batch_size})
     questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, int(gc.examples * 1.25),
                                            sampling, seed, exclude=exclude, max_rounds=8)
+    require_drafts(filt, raw)
     drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
                               temperature=gc.rationale_temperature, seed=seed, description="writing training data")
     kept = [d for d in drafts if d["correct"]][: gc.examples]

@@ -32,11 +32,31 @@ def draft_questions(model, tokenizer, task: Task, seeds: Sequence[Example], want
                            top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed + round_,
                            description=f"drafting questions (round {round_ + 1})")
         for output in outputs:
-            for question, target in parse_drafts(task, output):
+            parsed = parse_drafts(task, output)
+            filt.outputs.append({"round": round_ + 1, "output": output, "parsed": len(parsed)})
+            for question, target in parsed:
                 raw += 1
                 if len(filt.kept) < wanted:
                     filt.add(question, target)
     return filt.kept[:wanted], filt, raw
+
+
+def require_drafts(filt: DraftFilter, raw: int, who: str = "teacher") -> None:
+    """Stop with a clear error when a teacher's drafts gave no usable question (rather than train on nothing)."""
+    if filt.kept:
+        return
+    import logging
+
+    from .errors import InputError
+
+    log = logging.getLogger("edge_tailor.drafting")  # to <run>/log.txt: every raw output, for diagnosis
+    for i, out in enumerate(filt.outputs):
+        log.warning("draft %d (round %d, %d parsed): %r", i, out["round"], out["parsed"], out["output"])
+    sample = "; ".join(repr(o["output"][:160]) for o in filt.outputs[:2])
+    why = (f"{len(filt.outputs)} drafting outputs gave {raw} questions, none usable "
+           f"(dropped: {dict(filt.dropped) or 'none parsed'}); every raw output is in the run's log.txt; "
+           f"the first: {sample}")
+    raise InputError("config", who, why + ". Use an instruction-following teacher, or raise elicit.max_new_tokens")
 
 
 def write_rationales(model, tokenizer, task: Task, questions: Sequence[Example], cfg: ElicitConfig, *,

@@ -29,7 +29,7 @@ def further_round(cfg: RunConfig, run_dir: RunDir, task, student, preference, nu
     folder.mkdir(parents=True, exist_ok=True)
     stack = adapters(run_dir)
     teacher = load_teacher(cfg, stack=stack)
-    _, drafts, elicited = elicit_drafts(cfg, task, teacher, cfg.seed + 1000 * number)
+    _, drafts, elicited, _ = elicit_drafts(cfg, task, teacher, cfg.seed + 1000 * number)
     del teacher
     question_scores, scored = score_drafts(cfg, task, student, drafts, preference)
     write_jsonl(folder / "scores.jsonl", drafts)

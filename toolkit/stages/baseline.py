@@ -30,12 +30,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if task.solution_steps is not None:  # the teacher is grounded in the question's own solution
         solutions = [task.solution_steps(ex.question) or [] for ex in test]
         tools.grounding = True
-    results = {
-        "teacher": evaluate_model(teacher.model, teacher.tokenizer, task, test, max_new_tokens=ev.max_new_tokens,
-                                  batch_size=ev.batch_size, description="teacher on test"),
-        "teacher_with_tools": evaluate_model(teacher.model, teacher.tokenizer, task, test, tools=tools,
-                                             solutions=solutions, max_new_tokens=ev.max_new_tokens,
-                                             batch_size=ev.batch_size, description="teacher+tools on test"),
+    results = {"teacher": evaluate_model(teacher.model, teacher.tokenizer, task, test, max_new_tokens=ev.max_new_tokens,
+                                         batch_size=ev.batch_size, description="teacher on test")}
+    # the tools change nothing on a task without arithmetic or solutions (BBH): no second decode
+    tools_apply = tools.grounding or (tools.calculator and task.calculator)
+    results["teacher_with_tools"] = evaluate_model(
+        teacher.model, teacher.tokenizer, task, test, tools=tools, solutions=solutions,
+        max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+        description="teacher+tools on test") if tools_apply else results["teacher"]
+    results |= {
         "student_before": evaluate_model(student.model, student.tokenizer, task, test,
                                          max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
                                          tools=student_tools(ev.calculator, task),
@@ -46,6 +49,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             handle.write(json.dumps({"question": ex.question, "gold": ex.answer,
                                      **{k: r["completions"][i] for k, r in results.items()}}) + "\n")
     metrics = {k: summary(r) for k, r in results.items()}
+    metrics["teacher_tools_apply"] = bool(tools_apply)
     if task.baseline_probe is not None:
         metrics["world"] = task.baseline_probe(cfg, teacher, student, task, folder)
     (folder / "world_metrics.json").write_text(json.dumps(metrics, indent=2))

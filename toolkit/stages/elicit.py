@@ -15,7 +15,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     folder = run_dir.stage_dir("elicit")
     task = load_task(cfg.task)
     teacher = load_model(cfg.teacher, cfg.device)
-    questions, drafts, metrics = elicit_drafts(cfg, task, teacher, cfg.seed)
+    questions, drafts, metrics, outputs = elicit_drafts(cfg, task, teacher, cfg.seed)
+    write_jsonl(folder / "raw_drafts.jsonl", outputs)  # what the teacher wrote, before parsing
     write_jsonl(folder / "questions.jsonl", [{"question": q.question, "answer": q.answer} for q in questions])
     write_jsonl(folder / "drafts.jsonl", drafts)
     record = {"metrics": metrics}

@@ -17,7 +17,7 @@ from ..teacher import load_teacher
 def _teacher_data(cfg: RunConfig, run_dir: RunDir, which: str) -> tuple[list[dict], dict, dict]:
     task = load_task(cfg.task)
     student = load_model(cfg.student, cfg.device)
-    seeds, held_out = elicit_seeds(task)
+    seeds, held_out = elicit_seeds(task, cfg.elicit.seeds_per_prompt)
     exclude = held_out_questions(task) + [s.question for s in task.seed]
     preference = [Example(r["question"], r["answer"]) for r in
                   read_jsonl(run_dir.stage_dir("prefer") / "preference_set.jsonl")][: cfg.generate.compare_preference]
