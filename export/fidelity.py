@@ -24,7 +24,7 @@ def reference_sequences(fp32_dir: str | Path, prompts: Sequence[str], new_tokens
     """Each prompt followed by the fp32 graph's own greedy continuation: the text the model will see."""
     model = EdgeModel.load(fp32_dir, verify=False)
     model.eos_ids = []
-    return [model.encode(p) + model.generate(p, new_tokens).tokens for p in prompts]
+    return [model.encode_prompt(p) + model.generate(p, new_tokens).tokens for p in prompts]
 
 
 

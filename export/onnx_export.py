@@ -16,7 +16,8 @@ from edge_tailor.errors import ArtifactError, InputError
 
 # What a decoder needs beside its weights; tokenizer files come in several flavours.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "added_tokens.json")
+              "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "added_tokens.json",
+              "prompt_format.json")
 FP32_ATOL = 1e-3
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")  # torch.load would run code from these
 

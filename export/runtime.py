@@ -56,6 +56,9 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _KV_CACHE_META = "edge_tailor.kv_cache"  # "shared": past and present may be one preallocated buffer
 MANIFEST = "manifest.json"
+# how the toolkit rendered prompts for this model (edge_tailor.prompt_format): {mode, bos, prefix, suffix};
+# a folder without it takes prompts as they are, tokenized with the tokenizer's defaults
+PROMPT_FORMAT = "prompt_format.json"
 MANIFEST_SHA = "manifest.sha256"  # "<hex>  manifest.json\n", as sha256sum writes it; written last
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -288,10 +291,26 @@ class EdgeModel:
         tokenizer.no_padding()
         tokenizer.no_truncation()
         eos_ids, pad_id = _special_ids(bundle, tokenizer)
-        return cls(session, tokenizer, eos_ids, pad_id, settings)
+        model = cls(session, tokenizer, eos_ids, pad_id, settings)
+        model.prompt_format = _prompt_format(bundle)
+        return model
+
+    prompt_format: dict | None = None
 
     def encode(self, text: str) -> list[int]:
+        """Text as it is, with the tokenizer's own special tokens."""
         return self.tokenizer.encode(text).ids
+
+    def render(self, prompt: str) -> str:
+        """The prompt as the toolkit showed it to this model in training (chat template, BOS once)."""
+        f = self.prompt_format
+        return prompt if f is None else f"{f['bos']}{f['prefix']}{prompt}{f['suffix']}"
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A prompt's ids: rendered, then tokenized with no special tokens added (the rendering holds them)."""
+        if self.prompt_format is None:
+            return self.encode(prompt)
+        return self.tokenizer.encode(self.render(prompt), add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -305,7 +324,7 @@ class EdgeModel:
         string is cut from ``text``; its tokens stay in ``tokens``). ``logits_processor(new_tokens,
         scores)`` may rewrite each step's ``[batch, vocab]`` scores before the choice (decode-time tools).
         """
-        ids = self.encode(prompt_or_ids) if isinstance(prompt_or_ids, str) else [int(i) for i in prompt_or_ids]
+        ids = self.encode_prompt(prompt_or_ids) if isinstance(prompt_or_ids, str) else [int(i) for i in prompt_or_ids]
         rng = np.random.default_rng(seed)
         pick = _greedy if temperature <= 0 else (lambda logits: _sample(logits, temperature, top_p, rng))
         return self._decode([ids], max_new_tokens, pick, stop, logits_processor)[0]
@@ -318,7 +337,7 @@ class EdgeModel:
         Results come back in the order of ``prompts``; timings are per batch. A ``logits_processor``
         sees the rows of one batch, in that batch's order.
         """
-        rows = [self.encode(p) if isinstance(p, str) else [int(i) for i in p] for p in prompts]
+        rows = [self.encode_prompt(p) if isinstance(p, str) else [int(i) for i in p] for p in prompts]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         results: list[GenerationResult | None] = [None] * len(rows)
         for start in range(0, len(order), batch_size):
@@ -452,6 +471,20 @@ def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
     return out
 
 
+def _prompt_format(bundle: Path) -> dict | None:
+    path = bundle / PROMPT_FORMAT
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise BundleError(path, None, f"not JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("mode") not in ("chat", "plain") or \
+            not all(isinstance(data.get(k), str) for k in ("bos", "prefix", "suffix")):
+        raise BundleError(path, "mode", "must be {mode: chat|plain, bos, prefix, suffix} (strings)")
+    return data
+
+
 def _special_ids(bundle: Path, tokenizer: Tokenizer) -> tuple[list[int], int]:
     def read(name: str) -> dict:
         path = bundle / name
@@ -502,6 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calculator", choices=("auto", "on", "off"), default="auto",
                         help="fill in the results of the model's equations (auto: as the bundle's manifest says)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--raw-prompt", action="store_true",
+                        help="send --prompt as it is, without the bundle's prompt format (chat template, BOS)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the sha256 check of the bundle's files (for devices that verify once at install)")
     args = parser.parse_args(argv)
@@ -513,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
+    if args.raw_prompt:
+        model.prompt_format = None
     out = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
                          logits_processor=Calculator(model) if use_calculator else None)
     if args.json:

@@ -67,6 +67,9 @@ def test_stage_records_hold_the_counts(run_dir):
 
 
 def test_bundle_verifies_and_rerun_skips_everything(run_dir, capsys):
+    # the embedded student has no chat template and no BOS: its recorded prompt format leaves prompts as they are
+    assert json.loads((run_dir / "bundle" / "prompt_format.json").read_text()) == \
+        {"mode": "plain", "bos": "", "prefix": "", "suffix": ""}
     assert main(["verify", str(run_dir / "bundle")]) == 0
     capsys.readouterr()
     code = main(["run", "--out", str(run_dir.parent), *SMALL])

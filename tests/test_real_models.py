@@ -200,6 +200,20 @@ def test_tokenizer_matches_gguf_and_follows_its_metadata(converted, gguf_file, g
     assert tok(prompt).input_ids == chat  # the folder's default: the template's ids, no extra BOS
 
 
+def test_smollm2_prompts_render_through_its_chat_template_with_no_bos(cached_model):
+    from edge_tailor import prompt_format
+
+    tok = cached_model.tokenizer
+    fmt = prompt_format.format_of(tok)  # attached by load_model: prompt_format auto -> chat (SmolLM2 has a template)
+    assert fmt.mode == "chat" and fmt.bos == ""  # SmolLM2's tokenizer adds no BOS; neither does the rule
+    assert fmt.prefix.startswith("<|im_start|>system\n") and fmt.suffix == "<|im_end|>\n<|im_start|>assistant\n"
+    text = "Q: What is 3+4?\nA:"
+    rendered = tok(fmt.render(text), add_special_tokens=False)["input_ids"]
+    assert rendered == tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    plain = prompt_format.resolve(tok, "plain")
+    assert plain.render(text) == text
+
+
 # ---------------------------------------------------------------------------------------------
 # (c) greedy decoding: the GGUF-loaded model and the cached folder give the same tokens
 

@@ -42,6 +42,10 @@ class ModelSpec(Section):
     load_in_8bit: bool = False
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model; only if you trust it")
     allow_pickle: bool = Field(False, description="allow .bin/.pt (pickled) weights; safetensors-only otherwise")
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="how prompts reach the model: chat = its chat template around one user turn (the loss "
+        "on the assistant turn), plain = the text as is, auto = chat where the tokenizer has a template; BOS as the "
+        "tokenizer adds it, once (edge_tailor.prompt_format); the bundle records it and its runtime applies it")
 
 
 class TaskSpec(Section):

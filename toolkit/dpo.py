@@ -11,6 +11,7 @@ from trl import DPOConfig, DPOTrainer
 
 from .config import RunConfig
 from .progress import hide_library_bars
+from .prompt_format import format_of
 from .teacher import load_teacher
 
 
@@ -38,7 +39,9 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None 
     teacher.model.train()
     lora = LoraConfig(r=cfg.align.lora_r, lora_alpha=cfg.align.lora_alpha, target_modules="all-linear",
                       lora_dropout=0.0, task_type="CAUSAL_LM")
-    data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    fmt = format_of(teacher.tokenizer)  # trl tokenizes with the tokenizer's defaults: BOS added there
+    data = Dataset.from_list([{"prompt": fmt.render(p["prompt"], with_bos=False), "chosen": p["chosen"],
+                               "rejected": p["rejected"]} for p in pairs])
     trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer")), train_dataset=data,
                          processing_class=teacher.tokenizer, peft_config=lora)
     trainer.train()

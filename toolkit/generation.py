@@ -25,6 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 # the only implementation of `calculator_next` and the toolkit imports it from there, never the reverse.
 from .export.runtime import calculator_next
 from .progress import track
+from .prompt_format import render_all
 
 _RESULT = re.compile(r"=\s*(-?\d+)")
 _FINAL_TAG = "#### "
@@ -120,7 +121,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     for start in track(range(0, len(prompts), batch_size), description,
                        total=(len(prompts) + batch_size - 1) // batch_size):
         batch = list(prompts[start:start + batch_size])
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        # rendered once here for every stage (edge_tailor.prompt_format: chat template, BOS once)
+        enc = tokenizer(render_all(tokenizer, batch), return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
         processors = LogitsProcessorList()
         if tools and (tools.calculator or tools.grounding):
             rows = solutions[start:start + batch_size] if solutions is not None else None

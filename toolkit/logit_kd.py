@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .prompt_format import render
+
 
 class PromptCompletionCollator:
     def __init__(self, tokenizer, max_length: int = 256):
@@ -20,7 +22,7 @@ class PromptCompletionCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         pad = self.tokenizer.pad_token_id
-        prompts = [self._ids(r["prompt"]) for r in rows]
+        prompts = [self._ids(render(self.tokenizer, r["prompt"])) for r in rows]
         full = [(p + self._ids(r["completion"]) + [self.tokenizer.eos_token_id])[: self.max_length]
                 for p, r in zip(prompts, rows)]
         width, prompt_width = max(map(len, full)), max(map(len, prompts))

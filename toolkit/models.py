@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import prompt_format
 from .config import ModelSpec
 from .errors import InputError
 
@@ -153,6 +154,7 @@ def load_tokenizer(path: str, spec: ModelSpec | None = None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
+    prompt_format.attach(tokenizer, prompt_format.resolve(tokenizer, spec.prompt_format, source=f"{path}: prompt_format"))
     return tokenizer
 
 

@@ -13,6 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .config import DistillConfig
 from .progress import hide_library_bars
+from .prompt_format import format_of
 from .qat import convert_qat, count_fake_quantized, prepare_qat
 
 
@@ -38,7 +39,9 @@ def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=
         prepare_qat(model, quant)
     lora = PeftLoraConfig(r=dc.lora.r, lora_alpha=dc.lora.alpha, lora_dropout=dc.lora.dropout,
                           target_modules=dc.lora.target_modules, task_type="CAUSAL_LM")
-    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    fmt = format_of(tokenizer)  # trl tokenizes with the tokenizer's defaults, which add BOS where it belongs
+    data = Dataset.from_list([{"prompt": fmt.render(r["prompt"], with_bos=False), "completion": r["completion"]}
+                              for r in rows])
     if teacher is not None:
         from .logit_kd import gkd_trainer
 

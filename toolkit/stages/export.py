@@ -8,6 +8,7 @@ is measured beside them for the accuracy-latency picture."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from ..config import RunConfig
@@ -58,12 +59,18 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     from ..export.fusion import graph_to_ship
     from ..export.onnx_export import check_parity, export_onnx
     from ..export.quantize import quantize_for_target
+    from ..export.runtime import PROMPT_FORMAT
+    from ..models import load_tokenizer
+    from ..prompt_format import format_of
 
     folder = run_dir.stage_dir("export")
     task = load_task(cfg.task)
     target = load_target(cfg.target)
     student_dir = run_dir.stage_dir("distill") / "student"
     fp32_dir = export_onnx(student_dir, folder / "fp32")
+    # the prompt format the student was trained and evaluated with; copied into every graph and the bundle
+    fmt = format_of(load_tokenizer(str(student_dir), cfg.student))
+    (fp32_dir / PROMPT_FORMAT).write_text(json.dumps(fmt.to_json(), indent=1) + "\n", encoding="utf-8")
     prompts = [task.prompt(ex.question) for ex in task.test[: cfg.export.parity_prompts]]
     parity = check_parity(student_dir, fp32_dir, prompts, max_new_tokens=cfg.export.parity_tokens)
     graph_dir, graph = graph_to_ship(fp32_dir, folder / "fused", target.export.attention,
