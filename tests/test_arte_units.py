@@ -39,7 +39,8 @@ def test_tagged_parser_keeps_complete_blocks_only():
     task = _generic_task()
     seeds = [Example("Is ice cold?", "Yes")]
     prompt = drafting_prompt(task, seeds)
-    assert prompt.endswith("<Question_2><input>") and "<input>Is ice cold?</input><target>Yes</target>" in prompt
+    # the block is opened in the reply (after the chat template's assistant turn), not in the user's message
+    assert prompt.endswith("\x1e<Question_2><input>") and "<input>Is ice cold?</input><target>Yes</target>" in prompt
     out = "Is fire hot?</input><target>Yes</target></Question_2>\n<Question_3><input>Broken" \
           "\n<Question_4><input>Is snow dark?</input><target>no</target></Question_4>"
     assert parse_drafts(task, out) == [("Is fire hot?", "Yes"), ("Is snow dark?", "no")]
@@ -204,3 +205,37 @@ def test_errors_cross_process_boundaries_intact():
                   EnvironmentFailure("runs/x", "locked")):
         again = pickle.loads(pickle.dumps(error))  # a worker process's error reaches the CLI this way
         assert type(again) is type(error) and str(again) == str(error)
+
+
+def test_boolean_solver_matches_every_bbh_answer_and_rejects_the_rest():
+    from pathlib import Path
+
+    from edge_tailor.tasks.bbh import load_bbh
+    from edge_tailor.tasks.boolean import solve_boolean
+
+    task = load_bbh(Path(__file__).parent / "fixtures" / "bbh" / "tasks" / "boolean_expressions.json")
+    assert task.solver is solve_boolean
+    examples = task.test + task.preference
+    assert len(examples) > 5 and all(solve_boolean(e.question) == e.answer for e in examples)
+    assert solve_boolean("not True or True and False is") == "False"  # not > and > or
+    assert solve_boolean("( True or False ) and not ( False ) is") == "True"
+    for bad in ("True and is", "True True is", "( True is", "__import__('os') is", "True and False", "yes is"):
+        assert solve_boolean(bad) is None, bad
+
+
+def test_open_blocks_parse_only_where_the_task_computes_answers():
+    from pathlib import Path
+
+    from edge_tailor.tasks.bbh import load_bbh
+
+    task = load_bbh(Path(__file__).parent / "fixtures" / "bbh" / "tasks" / "boolean_expressions.json")
+    out = "not ( True ) and False is\n<Question_5><input>True or x is\n<Question_6><input>False or True is</target>"
+    assert parse_drafts(task, out) == [("not ( True ) and False is", None), ("True or x is", None),
+                                       ("False or True is", None)]
+    filt = DraftFilter(task)
+    for q, t in parse_drafts(task, out):
+        filt.add(q, t)
+    assert [(e.question, e.answer) for e in filt.kept] == [("not ( True ) and False is", "False"),
+                                                         ("False or True is", "True")]
+    assert filt.dropped["unparseable"] == 1
+    assert parse_drafts(_generic_task(), out) == []  # no solver: a block needs its target

@@ -51,6 +51,16 @@ def test_chat_renders_one_user_turn_with_the_assistant_turn_opened():
         prompt_format.resolve(_tokenizer(False), "chat")
 
 
+def test_answer_start_opens_the_reply_in_chat_and_runs_on_in_plain():
+    from edge_tailor.prompt_format import ANSWER_START
+
+    tok = _tokenizer(False, CHAT)
+    text = f"Write questions like these.{ANSWER_START}<Question_2><input>"
+    chat = prompt_format.resolve(tok, "chat").render(text)
+    assert chat == "<|im_start|>user\nWrite questions like these.<|im_end|>\n<|im_start|>assistant\n<Question_2><input>"
+    assert prompt_format.resolve(tok, "plain").render(text) == "Write questions like these.<Question_2><input>"
+
+
 def test_a_template_that_writes_bos_itself_gets_no_second_one():
     tok = _tokenizer(True, "<s>" + CHAT)
     fmt = prompt_format.resolve(tok, "chat")

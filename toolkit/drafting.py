@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .prompt_format import ANSWER_START
 from .tasks.base import Example, Task
 
 TAGGED_INSTRUCTION = (
@@ -20,6 +21,7 @@ TAGGED_INSTRUCTION = (
     "different questions of the same kind, each as <Question_N><input>question</input><target>answer"
     "</target></Question_N>.\n\n")
 _NO_TAG = r"((?:(?!<Question_|<input>|<target>).)*?)"  # a field never runs into the next block
+_OPEN_INPUT = re.compile(r"<input>([^<\n]*)")  # a question runs to the next tag or line end
 _BLOCK = re.compile(rf"<Question_\d+>\s*<input>{_NO_TAG}</input>\s*<target>{_NO_TAG}</target>\s*</Question_\d+>", re.S)
 
 
@@ -31,7 +33,7 @@ def drafting_prompt(task: Task, seeds: list[Example], new: int = 5) -> str:
     head = TAGGED_INSTRUCTION.format(description=task.description, k=len(seeds), m=new)
     # opened down to <input>: a real teacher then writes a question, where after a bare block tag
     # it was free to write anything (SmolLM2: 0 parsed of 16 drafts)
-    return f"{head}{blocks}<Question_{len(seeds) + 1}><input>"
+    return f"{head}{blocks}{ANSWER_START}<Question_{len(seeds) + 1}><input>"
 
 
 def parse_drafts(task: Task, completion: str) -> list[tuple[str, str | None]]:
@@ -41,7 +43,12 @@ def parse_drafts(task: Task, completion: str) -> list[tuple[str, str | None]]:
         return [(line[2:].strip(), None) for line in lines if line.startswith("Q:")]
     # the prompt already opened the first block, so restore its tags before matching
     text = f"<Question_0><input>{completion}"
-    return [(q.strip(), t.strip()) for q, t in _BLOCK.findall(text)]
+    whole = [(q.strip(), t.strip()) for q, t in _BLOCK.findall(text)]
+    if whole or task.solver is None:
+        return whole
+    # a task that computes its answers needs only the questions: a small teacher that opens blocks but
+    # does not close them (SmolLM2) still drafts; the solver then rejects whatever is not a question
+    return [(q.strip(), None) for q in _OPEN_INPUT.findall(text) if q.strip()]
 
 
 @dataclass

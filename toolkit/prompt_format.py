@@ -25,6 +25,10 @@ from typing import Literal, Sequence
 from .errors import InputError
 
 Mode = Literal["auto", "chat", "plain"]
+# In a prompt, what follows this mark opens the model's answer: after the assistant-turn opening in chat
+# mode (so a drafting prompt's `<Question_4><input>` primes the reply, not the user's message); removed in
+# plain mode, where the text simply runs on.
+ANSWER_START = "\x1e"
 _SENTINEL = "\x00EDGE_TAILOR_PROMPT\x00"
 _FORMATS: "weakref.WeakKeyDictionary[object, PromptFormat]" = weakref.WeakKeyDictionary()
 
@@ -39,7 +43,8 @@ class PromptFormat:
     def render(self, text: str, with_bos: bool = True) -> str:
         """``with_bos=False`` where the tokenization that follows adds BOS itself (trl's trainers tokenize
         text with the tokenizer's defaults): BOS once either way."""
-        return f"{self.bos if with_bos else ''}{self.prefix}{text}{self.suffix}"
+        user, _, answer = text.partition(ANSWER_START)
+        return f"{self.bos if with_bos else ''}{self.prefix}{user}{self.suffix}{answer}"
 
     def to_json(self) -> dict:
         return asdict(self)

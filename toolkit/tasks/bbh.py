@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .answers import extract_answer, infer_answer_kind, normalize
+from .boolean import solve_boolean
 from .base import ARTE_STYLE, Example, Task
 from .loading import dedupe, default_techniques, read_text, require_str, split_pool
 
@@ -49,6 +50,7 @@ def load_bbh(
         style=ARTE_STYLE,
         techniques=default_techniques(kind),
         source=str(path),
+        solver=solve_boolean if path.stem == "boolean_expressions" else None,  # answers computed, not copied
     )
 
 
