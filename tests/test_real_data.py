@@ -67,10 +67,13 @@ def test_arte_stages_on_bbh(tmp_path, monkeypatch):
 
     assert elicit["techniques"] == list(load_bbh(BBH / "tasks" / "navigate.json").techniques)
     prefer = record("prefer")
-    # probes: 2 one-shot conditions (prefer.probe_demos=2) from the task's own CoT rationales, which are
-    # never scored (drafts as probes would be scored on the items chosen to separate them)
-    assert prefer["preference_set"]["probes"] == "2 seed rationales"
-    assert prefer["drafts_unscored_probes"] == 0
+    # probes: 2 one-shot conditions (prefer.probe_demos=2) from the teacher's well-formed drafts, then left
+    # unscored (scored on items chosen to separate them, they would be judged by their own probe), or, with
+    # fewer than 2 usable drafts (the toy teacher on BBH text), the task's own CoT rationales
+    drafts = elicit["rationales_well_formed"] >= 2
+    assert prefer["preference_set"]["probes"] == ("2 drafts (left unscored)" if drafts else "2 seed rationales")
+    assert prefer["drafts_unscored_probes"] == (2 if drafts else 0)
+    assert prefer["drafts_scored"] == elicit["rationales_well_formed"] - prefer["drafts_unscored_probes"]
     assert prefer["preference_set"]["method"] == "discrimination_index"
     assert prefer["preference_set"]["kept"] == 4
     generate = record("generate")

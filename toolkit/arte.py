@@ -68,9 +68,9 @@ def _score_args(cfg: RunConfig, task) -> dict:
 def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> tuple[list[Example], dict]:
     """The most discriminative validation questions; conditions = one-shot with a few probe demonstrations.
 
-    Probes are the task's seed rationales: independent of the drafts that are scored on the chosen
-    items. A task without them probes with drafts, which are then marked ``probe`` and left unscored
-    (items chosen to separate some drafts would otherwise score those same drafts). At most
+    Probes are a sample of the drafts (their mix of styles is what the items must separate), marked
+    ``probe`` and left unscored: items chosen to separate some drafts would otherwise score those same
+    drafts. With fewer than 2 usable drafts the task's seed rationales probe. At most
     ``prefer.probe_questions`` validation questions are probed, sampled with the run's seed.
     """
     pc = cfg.prefer
@@ -79,13 +79,14 @@ def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> 
     if len(picked) > pc.probe_questions:
         picked = sorted(rng.sample(picked, pc.probe_questions))
     validation = [task.preference[i] for i in picked]
-    probes = [(ex.question, ex.rationale) for ex in task.seed if ex.rationale][: pc.probe_demos]
-    probe_source = "seed rationales"
-    if len(probes) < 2:
-        chosen = rng.sample(usable, min(pc.probe_demos, len(usable)))
+    chosen = rng.sample(usable, min(pc.probe_demos, len(usable)))
+    probes, probe_source = [(d["question"], d["rationale"]) for d in chosen], "drafts (left unscored)"
+    if len(probes) >= 2:
         for d in chosen:
             d["probe"] = True
-        probes, probe_source = [(d["question"], d["rationale"]) for d in chosen], "drafts (left unscored)"
+    else:  # a teacher that drafts almost nothing usable (a toy model on real data)
+        probes = [(ex.question, ex.rationale) for ex in task.seed if ex.rationale][: pc.probe_demos]
+        probe_source = "seed rationales"
     external = load_model_results(pc.model_results, len(task.preference))[:, picked] if pc.model_results else None
     keep_n = min(pc.preference_questions, len(validation))
     if len(probes) >= 2:

@@ -81,7 +81,7 @@ class PreferConfig(Section):
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, ge=4)
     probe_demos: int = Field(6, ge=2, description="one-shot conditions used to find discriminative questions: "
-                             "the task's seed rationales, else drafts that are then left unscored")
+                             "drafts, then left unscored (the seed rationales where drafts are too few)")
     probe_questions: int = Field(192, ge=4, description="validation questions probed to choose the preference set "
                                  "from (cost: probe_demos x this generations); the split is sampled down to it")
     model_results: str | None = Field(None, description="JSON {model: [0/1 per validation question]} of several "
