@@ -304,7 +304,10 @@ class EdgeModel:
     def render(self, prompt: str) -> str:
         """The prompt as the toolkit showed it to this model in training (chat template, BOS once)."""
         f = self.prompt_format
-        return prompt if f is None else f"{f['bos']}{f['prefix']}{prompt}{f['suffix']}"
+        if f is None:
+            return prompt
+        user, _, answer = prompt.partition("\x1e")  # edge_tailor.prompt_format.ANSWER_START: opens the reply
+        return f"{f['bos']}{f['prefix']}{user}{f['suffix']}{answer}"
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """A prompt's ids: rendered, then tokenized with no special tokens added (the rendering holds them)."""

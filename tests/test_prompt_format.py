@@ -102,6 +102,7 @@ def test_edge_runtime_renders_prompts_as_recorded(onnx_dir, tmp_path):
     (folder / PROMPT_FORMAT).write_text(json.dumps(fmt.to_json()))
     model = EdgeModel.load(folder)
     assert model.render("Q: 3+4=?") == fmt.render("Q: 3+4=?")
+    assert model.render("Q: 3+4=?\x1eA:") == fmt.render("Q: 3+4=?\x1eA:") == "<s>User: Q: 3+4=?\nAssistant:A:"
     ids = model.encode_prompt("Q: 3+4=?")
     assert ids == model.tokenizer.encode("<s>User: Q: 3+4=?\nAssistant:", add_special_tokens=False).ids
     assert ids.count(model.tokenizer.token_to_id("<s>")) == 1
