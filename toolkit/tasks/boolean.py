@@ -35,23 +35,17 @@ def solve_boolean(question: str) -> str | None:
     pos = 0
 
     # precedence as the task's CoT prompt states it: not > and > or
-    def expr() -> bool:
+    def chain(op: str, operand) -> bool:
         nonlocal pos
-        value = term()
-        while pos < len(tokens) and tokens[pos] == "or":
+        value = operand()
+        while pos < len(tokens) and tokens[pos] == op:
             pos += 1
-            right = term()
-            value = value or right
+            right = operand()
+            value = (value or right) if op == "or" else (value and right)
         return value
 
-    def term() -> bool:
-        nonlocal pos
-        value = factor()
-        while pos < len(tokens) and tokens[pos] == "and":
-            pos += 1
-            right = factor()
-            value = value and right
-        return value
+    def expr() -> bool:
+        return chain("or", lambda: chain("and", factor))
 
     def factor() -> bool:
         nonlocal pos
