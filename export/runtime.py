@@ -243,8 +243,9 @@ class GenerationResult:
 
 class EdgeModel:
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, eos_ids: Sequence[int], pad_id: int,
-                 settings: RuntimeSettings):
+                 settings: RuntimeSettings, prompt_format: dict | None = None):
         self.session = session
+        self.prompt_format = prompt_format  # PROMPT_FORMAT's contents; None: prompts as they are
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
         self.pad_id = pad_id
@@ -291,11 +292,7 @@ class EdgeModel:
         tokenizer.no_padding()
         tokenizer.no_truncation()
         eos_ids, pad_id = _special_ids(bundle, tokenizer)
-        model = cls(session, tokenizer, eos_ids, pad_id, settings)
-        model.prompt_format = _prompt_format(bundle)
-        return model
-
-    prompt_format: dict | None = None
+        return cls(session, tokenizer, eos_ids, pad_id, settings, _prompt_format(bundle))
 
     def encode(self, text: str) -> list[int]:
         """Text as it is, with the tokenizer's own special tokens."""
