@@ -4,8 +4,8 @@
 - ``fuse_graph(fp32, out)``: RMSNorm plus residual add become ``SkipSimplifiedLayerNormalization``
   and the rotary embedding ``RotaryEmbedding`` (com.microsoft ops of the CPU provider).
 - ``fuse_graph(fp32, out, attention=True)``: also each layer's attention (rotary, KV concat, scores,
-  softmax, mask, output reshapes) becomes rotary + ``GroupQueryAttention``, and the q/k/v and the
-  gate/up projections are packed into one MatMul each. The graph keeps Optimum's inputs and outputs,
+  softmax, mask, output reshapes) becomes one ``GroupQueryAttention`` with the rotary inside, fed by
+  one packed q/k/v MatMul; the gate/up projections are packed into one MatMul too. The graph keeps Optimum's inputs and outputs,
   so Optimum and any ``past_key_values`` loop still run it. Measured figures: ``benchmarks/README.md``.
 
 ONNX Runtime's ``OnnxModel`` does the bookkeeping (producer/consumer maps, pruning, topological
@@ -90,13 +90,13 @@ def _trim_rotary_caches(model: onnx.ModelProto, max_positions: int | None) -> No
 
 
 def _fuse_attention(onnx_model, config: dict, source: Path) -> int:
-    """Replace each layer's attention by rotary + ``GroupQueryAttention``; return how many layers.
+    """Replace each layer's attention by one ``GroupQueryAttention``; return how many layers.
 
     Works on Optimum's Llama-family export after the transformer optimizer (it finds layers by
     Optimum's node names and reuses the fusion's cos/sin caches). Inputs and outputs stay Optimum's:
     ``seqlens_k`` and ``total_sequence_length`` come from the mask's shape (every row's cache is T
     slots long under left padding) and the mask becomes an additive bias, so padding behaves as in
-    the original graph. Rotary stays a separate op fed with ``position_ids`` for the same reason.
+    the original graph. The rotary runs inside the attention op (``do_rotary``), on the fusion's caches.
     The file is marked ``edge_tailor.kv_cache = shared``: the operator may then read and write one
     preallocated buffer per cache tensor, which the edge runtime binds as both past and present.
     The q/k/v and gate/up projections are packed into one MatMul each (``_pack``).
@@ -164,24 +164,26 @@ def _fuse_attention(onnx_model, config: dict, source: Path) -> int:
         key, value = f"present.{i}.key", f"present.{i}.value"
         replaced |= {producer[key].name, producer[value].name}
         p = f"/model/layers.{i}/self_attn/fused/"
-        rope = dict(domain="com.microsoft", interleaved=0, rotary_embedding_dim=head_dim)
-        new += [
-            helper.make_node("RotaryEmbedding", [q, "position_ids", cos, sin], [p + "q_rot"], p + "RotaryQ",
-                             num_heads=heads, **rope),
-            helper.make_node("RotaryEmbedding", [k, "position_ids", cos, sin], [p + "k_rot"], p + "RotaryK",
-                             num_heads=kv_heads, **rope),
-            helper.make_node("GroupQueryAttention",
-                             [p + "q_rot", p + "k_rot", v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                              g + "seqlens_k", g + "total_sequence_length", "", "", "", g + "attention_bias"],
-                             [p + "output", key, value], p + "GroupQueryAttention", domain="com.microsoft",
-                             num_heads=heads, kv_num_heads=kv_heads, scale=float(head_dim ** -0.5), do_rotary=0),
-        ]
+        # rotary inside the attention op: GroupQueryAttention numbers each row's slots 0..T-1 from
+        # seqlens_k, pads included, so a left-padded row is shifted by its pad count against
+        # position_ids; rotary scores depend only on position differences, so attention is unchanged
+        new.append(helper.make_node(
+            "GroupQueryAttention",
+            [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", g + "seqlens_k",
+             g + "total_sequence_length", cos, sin, "", g + "attention_bias"],
+            [p + "output", key, value], p + "GroupQueryAttention", domain="com.microsoft", num_heads=heads,
+            kv_num_heads=kv_heads, scale=float(head_dim ** -0.5), do_rotary=1, rotary_interleaved=0))
         o_proj.input[0] = p + "output"
     kept = [n for n in graph.node if n.name not in replaced]
     del graph.node[:]
     graph.node.extend(kept + new)
     for i in layers:
-        _pack(graph, [f"/model/layers.{i}/self_attn/{p}_proj/MatMul" for p in "qkv"], f"/model/layers.{i}/self_attn/qkv_proj")
+        qkv = _pack(graph, [f"/model/layers.{i}/self_attn/{p}_proj/MatMul" for p in "qkv"],
+                    f"/model/layers.{i}/self_attn/qkv_proj")
+        attention = next(n for n in graph.node if n.name == f"/model/layers.{i}/self_attn/fused/GroupQueryAttention")
+        if qkv is not None and list(attention.input[:3]) == list(qkv.output):
+            # q, k and v straight from the packed MatMul (GroupQueryAttention's packed input): no Split
+            attention.input[0], attention.input[1], attention.input[2] = qkv.input[0], "", ""
         _pack(graph, [f"/model/layers.{i}/mlp/{p}_proj/MatMul" for p in ("gate", "up")], f"/model/layers.{i}/mlp/gate_up_proj")
     # drop what nothing reads any more (the old attention subgraphs), then restore topological order
     onnx_model.prune_graph(allow_remove_graph_inputs=False)
@@ -193,12 +195,13 @@ def _fuse_attention(onnx_model, config: dict, source: Path) -> int:
     return len(layers)
 
 
-def _pack(graph: onnx.GraphProto, names: list[str], packed: str) -> None:
+def _pack(graph: onnx.GraphProto, names: list[str], packed: str):
     """Replace MatMuls that share an input by one MatMul on their concatenated weights and a Split.
 
     A decode step multiplies one token, so each MatMul is a pass over its weights plus a dispatch to
     the thread pool; one wider pass costs less than three. Per output column the arithmetic is the
-    same, so per-channel and block-wise quantization give the same numbers as unpacked.
+    same, so per-channel and block-wise quantization give the same numbers as unpacked. Returns the
+    Split, or ``None`` where the projections are left as they are.
     """
     from onnx import helper, numpy_helper
 
@@ -206,10 +209,10 @@ def _pack(graph: onnx.GraphProto, names: list[str], packed: str) -> None:
     nodes = [by_name.get(n) for n in names]
     initializers = {t.name: t for t in graph.initializer}
     if any(n is None or n.input[1] not in initializers for n in nodes) or len({n.input[0] for n in nodes}) != 1:
-        return  # not three (two) projections of one input with constant weights: leave them as they are
+        return None  # not three (two) projections of one input with constant weights: leave them as they are
     weights = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]
     if any(w.ndim != 2 for w in weights):
-        return
+        return None
     graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{packed}.weight"))
     split = numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{packed}.split")
     graph.initializer.append(split)
@@ -221,6 +224,7 @@ def _pack(graph: onnx.GraphProto, names: list[str], packed: str) -> None:
     kept = [n for n in graph.node if n.name not in names]
     del graph.node[:]
     graph.node.extend(kept + [matmul, parts])
+    return parts
 
 
 def graph_to_ship(fp32_dir: str | Path, work_dir: str | Path, attention: str, prompts: list[str],

@@ -74,3 +74,27 @@ def test_a_second_round_trains_on_top_of_the_first(tmp_path):
     assert _logp(model, tokenizer, p["prompt"], p["chosen"]) == \
         pytest.approx(_logp(both, tokenizer, p["prompt"], p["chosen"]), abs=1e-3)
     assert abs(_logp(both, tokenizer, p["prompt"], p["chosen"]) - reference) > 1e-3
+
+
+def test_dpo_runs_on_a_gemma3_teacher(tmp_path):
+    """Gemma3ForCausalLM names its backbone prefix "language_model" but keeps it at `.model`; trl's fused
+    LM-head loss read `base_model` and failed on it ('CausalLMOutputWithPast' has no 'last_hidden_state')."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from edge_tailor.toyworld.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([f"part {i} of order {i * 7}" for i in range(50)], vocab_size=300)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                              sliding_window=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    Gemma3ForCausalLM(config).save_pretrained(tmp_path / "gemma")
+    tokenizer.save_pretrained(tmp_path / "gemma")
+    pairs = [{"prompt": f"part {i} of", "chosen": f" order {i * 7}", "rejected": f" part {i}"} for i in range(8)]
+    cfg = RunConfig.model_validate({"device": "cpu", "teacher": {"path": str(tmp_path / "gemma")},
+                                    "align": {"max_steps": 3, "batch_size": 4, "learning_rate": 2e-3}})
+    trainer, history = train_dpo(cfg, pairs, tmp_path / "out")
+    assert type(trainer.model.get_base_model()).__name__ == "Gemma3ForCausalLM"
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    assert len(history) == 3 and all(h["loss"] == h["loss"] for h in history)

@@ -63,3 +63,14 @@ def test_malformed_reports_exit_2(tmp_path, capsys):
     _write(tmp_path, {**REPORT, "latency": {"ms_per_token_p50": "fast"}})
     assert main(["gate", str(tmp_path), "--target", _target(tmp_path, ms_per_token_p50=5)]) == 2
     assert main(["gate", str(tmp_path / "missing")]) == 2
+
+
+def test_model_size_per_parameter_scales_with_the_student(tmp_path):
+    # one limit for a 0.6M toy and a 135M real student: INT8 with an fp32 embedding ~1.9 bytes a
+    # parameter passes, a file that ships fp32 weights (4 bytes a parameter) fails
+    target = _target(tmp_path, model_bytes_per_param=2.5)
+    for params, file_mb, want in ((617_344, 1.0, 0), (134_515_008, 239.2, 0), (134_515_008, 513.1, 1)):
+        latency = {**REPORT["latency"], "parameters": params,
+                   "model_bytes_per_param": round(file_mb * 2**20 / params, 3)}
+        assert main(["gate", _write(tmp_path, {**REPORT, "latency": latency}), "--target", target]) == want
+    assert main(["gate", _write(tmp_path, REPORT), "--target", target]) == 2  # a report without the figure

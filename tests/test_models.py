@@ -52,3 +52,21 @@ def test_device_and_dtype_choice():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_parameter_count_from_the_headers_counts_a_tied_head_once(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edge_tailor.models import count_parameters
+
+    torch.manual_seed(0)
+    for tied in (True, False):
+        config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied)
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(tmp_path / str(tied))
+        assert count_parameters(tmp_path / str(tied)) == model.num_parameters()
+    assert count_parameters(tmp_path / "False") - count_parameters(tmp_path / "True") == 96 * 32
+    with pytest.raises(Exception, match="safetensors"):
+        count_parameters(tmp_path)

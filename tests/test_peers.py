@@ -173,7 +173,8 @@ def test_attention_fusion_matches_the_exported_graph(tiny):
     model = onnx.load(str(tiny / "fused" / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops and ops.count("Concat") == 1  # the bias shape
-    assert ops.count("MatMul") == 2 * 4 + 1 and ops.count("Split") == 2 * 2  # q/k/v and gate/up packed
+    assert ops.count("MatMul") == 2 * 4 + 1 and ops.count("Split") == 2  # q/k/v packed into the attention, gate/up split
+    assert "RotaryEmbedding" not in ops  # inside GroupQueryAttention
     assert {p.key: p.value for p in model.metadata_props}[KV_CACHE_META] == "shared"
     exported = onnx.load(str(tiny / "fp32" / "model.onnx")).graph
     assert [i.name for i in model.graph.input] == [i.name for i in exported.input]
@@ -256,3 +257,12 @@ def test_profile_summary_splits_prefill_decode_kernels_and_scheduling():
     assert s["ops"]["MatMulNBits"] == {"ms_per_step": 0.065, "kernels_per_step": 1.0, "share_of_run": pytest.approx(0.5909, abs=1e-4)}
     with pytest.raises(ValueError, match="fewer than two"):
         summarize([run(0, 10)])
+
+
+def test_the_floor_uses_the_faster_bandwidth_reading():
+    before = {"read_gb_s": 16.0, "by_reader": {"numpy_max_2t": 16.0}, "buffer_mb": 512}
+    after = {"read_gb_s": 24.9, "by_reader": {"numpy_max_2t": 24.9}, "buffer_mb": 512}
+    for a, b in ((before, after), (after, before)):
+        best = peers.faster_bandwidth(a, b)
+        assert best["read_gb_s"] == 24.9 and best["by_reader"] == {"numpy_max_2t": 24.9}
+    assert peers.faster_bandwidth(before, after)["before_gb_s"] == 16.0

@@ -30,6 +30,18 @@ def dpo_config(cfg: RunConfig, output_dir: str) -> DPOConfig:
         dataloader_num_workers=0, disable_tqdm=hide_library_bars())
 
 
+def expose_backbone(model) -> None:
+    """Make ``model.base_model`` the decoder backbone, as trl's fused LM-head loss expects.
+
+    trl 1.16's DPO always calls ``model.base_model`` and reads ``last_hidden_state``. transformers 4.57's
+    ``Gemma3ForCausalLM`` declares ``base_model_prefix = "language_model"`` but keeps its backbone at
+    ``.model``, so ``base_model`` falls back to the whole CausalLM and DPO fails with "'CausalLMOutputWithPast'
+    object has no attribute 'last_hidden_state'". An instance attribute fixes the lookup for this model only.
+    """
+    if model.base_model is model and isinstance(getattr(model, "model", None), torch.nn.Module):
+        model.base_model_prefix = "model"
+
+
 def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None = None) -> tuple[object, list[dict]]:
     """DPO with a new LoRA adapter on the teacher (with earlier rounds' adapters merged in: the reference)."""
     spec = cfg.teacher
@@ -37,6 +49,7 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None 
         spec = spec.model_copy(update={"load_in_4bit": True})
     teacher = load_teacher(cfg, spec=spec, stack=stack or [])
     teacher.model.train()
+    expose_backbone(teacher.model)
     lora = LoraConfig(r=cfg.align.lora_r, lora_alpha=cfg.align.lora_alpha, target_modules="all-linear",
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     fmt = format_of(teacher.tokenizer)  # trl tokenizes with the tokenizer's defaults: BOS added there

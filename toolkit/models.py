@@ -6,6 +6,7 @@ Safe by default: safetensors only and no remote code unless the user opts in.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 
 from . import prompt_format
 from .config import ModelSpec
-from .errors import InputError
+from .errors import ArtifactError, InputError
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -144,6 +145,24 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     path: str
+
+
+def count_parameters(folder: str | Path) -> int:
+    """Parameters in a safetensors checkpoint, read from the file headers (no weights loaded).
+
+    A tied output head is stored once, so it counts once, as ``model.num_parameters()`` would.
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ArtifactError(folder, "*.safetensors", "missing: cannot count the model's parameters")
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="numpy") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
 
 
 def load_tokenizer(path: str, spec: ModelSpec | None = None):

@@ -167,7 +167,7 @@ class Budget(NamedTuple):
 
 
 _UNITS = {"ms_per_token_p50": "ms", "ms_per_token_p95": "ms", "ttft_ms": "ms", "peak_rss_mb": "MiB",
-          "model_mb": "MiB", "max_top1_disagreement": "fraction", "max_mean_kl": "nats", "max_accuracy_drop": "fraction", "ms_per_token_vs_torch_fp32": "x PyTorch fp32"}
+          "model_mb": "MiB", "model_bytes_per_param": "bytes/param", "max_top1_disagreement": "fraction", "max_mean_kl": "nats", "max_accuracy_drop": "fraction", "ms_per_token_vs_torch_fp32": "x PyTorch fp32"}
 
 
 class RelativeBudgets(_Section):
@@ -182,6 +182,9 @@ class Budgets(_Section):
     ttft_ms: float | None = Field(default=None, gt=0)
     peak_rss_mb: float | None = Field(default=None, gt=0)
     model_mb: float | None = Field(default=None, gt=0)
+    # the shipped file over the student's parameter count: a limit that holds for a 1M and a 1B student
+    # alike (INT8 weights with an fp32 embedding ~1.9; an fp32 file 4)
+    model_bytes_per_param: float | None = Field(default=None, gt=0)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
     # fidelity of the shipped file to the fp32 graph on held-out positions (edge_tailor.export.fidelity)
     max_top1_disagreement: float | None = Field(default=None, ge=0, le=1)

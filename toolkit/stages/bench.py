@@ -11,6 +11,7 @@ import sys
 from ..config import RunConfig
 from ..errors import ArtifactError
 from ..hostcpu import kernel_record
+from ..models import count_parameters
 from ..rundir import RunDir
 from ..target import load_target
 from ..tasks import load_task
@@ -51,6 +52,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     models = sorted(p.name for p in model_dir.glob("*.onnx"))
     latency = {m: latency_subprocess(model_dir, m, prompt_text) for m in models}
     main = dict(latency["model.onnx"])
+    main["parameters"] = count_parameters(run_dir.stage_dir("distill") / "student")
+    main["model_bytes_per_param"] = round((model_dir / "model.onnx").stat().st_size / main["parameters"], 3)
     ids = bench_prompt(EdgeModel.load(model_dir), target.bench.prompt_tokens, prompt_text)
     main["reference"] = interleaved(run_dir.stage_dir("distill") / "student", model_dir, ids, target.bench.new_tokens,
                                     cfg.bench.reference_threads, rounds=cfg.bench.reference_rounds)
