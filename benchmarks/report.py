@@ -76,8 +76,8 @@ def assemble(run: RunDir, target_name: str) -> dict:
         "student_tools": _acc(base, "student_before", "tools"),
     }
     latency = {k: bench.get(k) for k in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s",
-                                         "prompt_tokens_per_s", "peak_rss_mb", "model_mb", "threads", "prompt_tokens",
-                                         "new_tokens", "repeats")}
+                                         "prompt_tokens_per_s", "peak_rss_mb", "model_mb", "parameters",
+                                         "model_bytes_per_param", "threads", "prompt_tokens", "new_tokens", "repeats")}
     latency["reference"] = bench.get("reference")
     latency["variants"] = bench.get("variants")
     latency["peers"] = bench.get("peers")
@@ -87,6 +87,10 @@ def assemble(run: RunDir, target_name: str) -> dict:
         "accuracy": accuracy,
         "ablation": {"original_teacher": rec["ablation"].get("original_teacher"),
                      "aligned_teacher": rec["ablation"].get("aligned_teacher"),
+                     "gold": rec["ablation"].get("gold"),
+                     # aligned - original, paired by student seed and test question, with a bootstrap 95% interval
+                     "difference": rec["ablation"].get("difference"),
+                     "aligned_share_of_gold": rec["ablation"].get("aligned_share_of_gold"),
                      "student_before": accuracy["student_before"]},
         "latency": latency,
         "alignment": {"held_out": rec["generate"].get("held_out"), "pairs": rec["align"].get("pairs"),
@@ -152,12 +156,13 @@ def plots(report: dict, folder: Path) -> list[str]:
     values = [acc.get(n) or 0 for n in names]
     ax.bar(names, values, yerr=[err.get(n) or 0 for n in names], color=["#777", "#c99", "#69c", "#36a"], capsize=4)
     ab = report["ablation"]
-    for i, key in enumerate(("original_teacher", "aligned_teacher")):
-        if ab.get(key):
-            ax.errorbar([4 + i], [ab[key]["mean"]], yerr=[ab[key]["std"]], fmt="o", color="#a63", capsize=4)
-    ax.set_xticks(range(6 if ab.get("aligned_teacher") else 4))
-    ax.set_xticklabels(names + (["SFT on original\nteacher data", "SFT on aligned\nteacher data"]
-                                if ab.get("aligned_teacher") else []), fontsize=7)
+    arms = [(key, label) for key, label in (("original_teacher", "SFT on original\nteacher data"),
+                                            ("aligned_teacher", "SFT on aligned\nteacher data"),
+                                            ("gold", "SFT on gold\nrationales")) if ab.get(key)]
+    for i, (key, _) in enumerate(arms):
+        ax.errorbar([4 + i], [ab[key]["mean"]], yerr=[ab[key]["std"]], fmt="o", color="#a63", capsize=4)
+    ax.set_xticks(range(4 + len(arms)))
+    ax.set_xticklabels(names + [label for _, label in arms], fontsize=7)
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy (error bars: sampling error / seed spread)", fontsize=9)
     fig.tight_layout()
@@ -218,7 +223,16 @@ def _accuracy_latency_plot(report: dict, path: Path, plt) -> None:
 
 
 def ablation_verdict(ab: dict) -> str:
-    """One sentence: the aligned-minus-original difference against its standard error over seeds."""
+    """One sentence: the aligned-minus-original difference with its paired bootstrap interval (or, in a
+    report made before the interval was recorded, against the standard error over seeds)."""
+    d = ab.get("difference")
+    if d:
+        low, high = d["ci95"]
+        verdict = ("the aligned teacher's data taught more" if low > 0 else
+                   "the original teacher's data taught more" if high < 0 else "no difference the interval can tell from 0")
+        return (f"Aligned minus original teacher's data: {100 * d['mean']:+.1f} points, 95% interval "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}] ({d['method']}: {d['n']['seeds']} seeds x "
+                f"{d['n']['questions']} questions, {d['resamples']} resamples): {verdict}.")
     a, o = ab["aligned_teacher"], ab["original_teacher"]
     diff = a["mean"] - o["mean"]
     se = (a["std"] ** 2 / len(a["seeds"]) + o["std"] ** 2 / len(o["seeds"])) ** 0.5
@@ -255,12 +269,16 @@ def markdown(report: dict, plot_folder: str) -> str:
     lines += ["", f"![accuracy]({plot_folder}/accuracy.png)", "", "## What ARTE bought (ablation)", "",
               "| student trained on | mean | std | seeds |", "| --- | --- | --- | --- |",
               f"| nothing (student before) | {_fmt(ab.get('student_before'))} | - | - |"]
-    for key in ("original_teacher", "aligned_teacher"):
+    for key, label in (("original_teacher", "original teacher's data"), ("aligned_teacher", "aligned teacher's data"),
+                       ("gold", "the task's gold rationales (ceiling)")):
         if ab.get(key):
-            lines.append(f"| {key.replace('_', ' ')}'s data | {_fmt(ab[key]['mean'])} | {_fmt(ab[key]['std'])} | "
+            lines.append(f"| {label} | {_fmt(ab[key]['mean'])} | {_fmt(ab[key]['std'])} | "
                          f"{', '.join(_fmt(s) for s in ab[key]['seeds'])} |")
     if ab.get("original_teacher") and ab.get("aligned_teacher"):
         lines += ["", ablation_verdict(ab)]
+    if ab.get("aligned_share_of_gold") is not None:
+        lines += ["", f"The aligned teacher's data reached {100 * ab['aligned_share_of_gold']:.0f}% of the gold "
+                  f"ceiling ({ab['gold']['examples']} gold examples, the same training budget)."]
     held = (report.get("alignment") or {}).get("held_out") or {}
     if held:
         lines += ["", "What alignment changed in the teacher's drafts (held-out seeds):", "",
@@ -275,7 +293,7 @@ def markdown(report: dict, plot_folder: str) -> str:
     ref = lat.get("reference") or {}
     lines += ["", "## Latency (edge runtime, target threads)", "", "| figure | value |", "| --- | --- |"]
     for key in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s", "prompt_tokens_per_s",
-                "peak_rss_mb", "model_mb"):
+                "peak_rss_mb", "model_mb", "model_bytes_per_param"):
         lines.append(f"| {key} | {_fmt(lat.get(key), False)} |")
     if ref:
         lines.append(f"| PyTorch fp32 eager ms/token (interleaved) | {_fmt(ref['torch_fp32_ms_per_token_p50'], False)} |")

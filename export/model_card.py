@@ -13,7 +13,8 @@ _ACCURACY_ROWS = [("teacher", "Teacher"), ("student_before", "Student before dis
                   ("student_fp32", "Student fp32 (PyTorch)"), ("student_int8", "Student quantized (this bundle)")]
 _LATENCY_ROWS = [("ms_per_token_p50", "ms per token, p50"), ("ms_per_token_p95", "ms per token, p95"),
                  ("ttft_ms", "time to first token, ms"), ("tokens_per_s", "tokens per second"),
-                 ("peak_rss_mb", "peak RSS, MiB"), ("model_mb", "model size, MiB")]
+                 ("peak_rss_mb", "peak RSS, MiB"), ("model_mb", "model size, MiB"),
+                 ("model_bytes_per_param", "bytes per parameter (file size / parameters)")]
 UNITS_NOTE = "Sizes and memory are in MiB (2^20 bytes) throughout."
 _DEFAULT_LIMITS = [
     "Accuracy and latency were measured on the task's test split and the benchmark shapes of the target "

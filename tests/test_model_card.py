@@ -30,7 +30,7 @@ def _records(tmp_path, head_quantized: bool) -> RunDir:
                                     "lm_head": {"quantized": False}, "fp32_matmuls": ["/lm_head/MatMul"]}, True)])],
                    "fidelity": {"top1_agreement": 0.995, "mean_kl": 0.0002}},
         "bench": {"ms_per_token_p50": 0.35, "ms_per_token_p95": 0.5, "ttft_ms": 3.0, "tokens_per_s": 2857.0,
-                  "peak_rss_mb": 79.0, "model_mb": 0.96,
+                  "peak_rss_mb": 79.0, "model_mb": 0.96, "parameters": 617344, "model_bytes_per_param": 1.63,
                   "reference": {"torch_fp32_ms_per_token_p50": 1.09, "edge_ms_per_token_p50": 0.38, "ratio": 0.35}},
     }
     for stage, metrics in records.items():

@@ -45,9 +45,18 @@ def test_report_has_the_contract_keys(run_dir):
     assert REPORT_KEYS <= report.keys()
     assert {"teacher", "student_before", "student_fp32", "student_int8"} <= report["accuracy"].keys()
     assert {"mean", "std", "seeds"} <= report["ablation"]["aligned_teacher"].keys()
-    assert len(report["ablation"]["original_teacher"]["seeds"]) == 2
+    ab = report["ablation"]
+    assert len(ab["original_teacher"]["seeds"]) == len(ab["gold"]["seeds"]) == 2
+    # paired over the same seeds and questions: the mean difference is the difference of the means
+    d = ab["difference"]
+    assert d["n"]["seeds"] == 2 and d["n"]["questions"] == report["accuracy"]["test_questions"]
+    assert d["mean"] == pytest.approx(ab["aligned_teacher"]["mean"] - ab["original_teacher"]["mean"], abs=2e-4)
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert ab["gold"]["examples"] > 0
     assert {"ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s", "peak_rss_mb",
             "model_mb"} <= report["latency"].keys()
+    # INT8 weights and an fp32 embedding: between 1 and 2.5 bytes a parameter (fp32 would be 4)
+    assert 1.0 < report["latency"]["model_bytes_per_param"] < 2.5 and report["latency"]["parameters"] > 100_000
     for budget in report["budgets"].values():
         assert {"limit", "measured", "passed"} <= budget.keys()
     assert (run_dir / "report.md").read_text().startswith("# edge-tailor report")

@@ -12,7 +12,20 @@ from .target import load_target
 from .tasks import load_task
 
 
+CORRECT_FILE = "test_correct.json"  # per test question, right or wrong: what the ablation pairs arms by
+GOLD = "gold"  # the ablation's ceiling: the task's own gold rationales instead of a teacher's data
+
+
+def gold_rows(cfg: RunConfig, run_dir: RunDir) -> list[dict]:
+    """As many gold examples as the aligned teacher's data has rows (fewer where the task has fewer)."""
+    task = load_task(cfg.task)
+    n = len(read_jsonl(run_dir.stage_dir("generate") / "aligned.jsonl"))
+    return [{"prompt": task.prompt(ex.question), "completion": " " + ex.rationale} for ex in task.gold(n)]
+
+
 def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
+    if teacher == GOLD:
+        return gold_rows(cfg, run_dir)
     rows = read_jsonl(run_dir.stage_dir("generate") / f"{teacher}.jsonl")
     if cfg.distill.use_annotations:
         annotated = run_dir.stage_dir("elicit") / "annotated.jsonl"
@@ -25,7 +38,7 @@ def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
 
 def kd_teacher(cfg: RunConfig, run_dir: RunDir, which: str, student):
     """The teacher whose data this is (aligned or original), when logit distillation is on."""
-    if not cfg.distill.logit_distillation.enabled:
+    if not cfg.distill.logit_distillation.enabled or which == GOLD:
         return None
     from .logit_kd import check_shared_vocabulary
     from .teacher import load_teacher

@@ -1,37 +1,58 @@
 """Stage `ablation`: what ARTE bought. The same student, SFT on the original teacher's data vs the
-aligned teacher's data (same budget, same recipe as `distill`), over several seeds; the trainings
-run side by side on a multi-core CPU (`edge_tailor.parallel`)."""
+aligned teacher's data, and on the task's gold rationales (the ceiling), with the same budget and
+recipe as `distill`, over several seeds; the difference aligned - original is paired (same seeds, same
+test questions) with a bootstrap interval. The trainings run side by side on a multi-core CPU
+(`edge_tailor.parallel`)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from ..config import RunConfig
-from ..distillation import distill_and_evaluate
+from ..distillation import CORRECT_FILE, GOLD, distill_and_evaluate, gold_rows
+from ..paired import paired_difference
 from ..parallel import run_jobs, worker_count
-from ..rundir import RunDir
+from ..rundir import RunDir, write_json_atomic
 from ..tailored import TEACHERS
 
 
-def _accuracy(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int) -> float:
-    workdir = run_dir.stage_dir("ablation") / f"trainer-{teacher}-{seed}"
-    _, _, _, result = distill_and_evaluate(cfg, run_dir, teacher, seed, workdir, cfg.distill.qat)
-    return round(result["accuracy"], 4)
+def _correct(cfg: RunConfig, run_dir: RunDir, arm: str, seed: int) -> list[bool]:
+    workdir = run_dir.stage_dir("ablation") / f"trainer-{arm}-{seed}"
+    _, _, _, result = distill_and_evaluate(cfg, run_dir, arm, seed, workdir, cfg.distill.qat)
+    return [bool(c) for c in result["correct"]]
+
+
+def _summary(correct: dict[int, list[bool]]) -> dict:
+    accuracies = [round(sum(c) / len(c), 4) for c in correct.values()]
+    return {"mean": round(statistics.mean(accuracies), 4),
+            "std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0, "seeds": accuracies}
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    jobs = {(teacher, cfg.seed + i): (cfg, run_dir, teacher, cfg.seed + i)
-            for teacher in TEACHERS for i in range(cfg.distill.ablation_seeds)
-            if not (teacher == "aligned" and i == 0)}  # that one is the `distill` stage's run: same data and seed
+    seeds = [cfg.seed + i for i in range(cfg.distill.ablation_seeds)]
+    has_gold = bool(gold_rows(cfg, run_dir))
+    arms = [*TEACHERS, *([GOLD] if has_gold else [])]
+    # aligned at the run's seed is the `distill` stage's run (same data and seed), unless a run made before
+    # distill kept its per-question results
+    distilled = run_dir.stage_dir("distill") / CORRECT_FILE
+    jobs = {(arm, s): (cfg, run_dir, arm, s) for arm in arms for s in seeds
+            if not (arm == "aligned" and s == cfg.seed and distilled.is_file())}
     workers = worker_count(cfg.device, len(jobs), cfg.workers)
-    results = run_jobs(_accuracy, jobs, workers, f"ablation: {len(jobs)} trainings, {workers} at a time")
-    results["aligned", cfg.seed] = run_dir.record("distill")["metrics"]["student_fp32"]["accuracy"]
-    out = {}
-    for teacher in TEACHERS:
-        accuracies = [results[teacher, cfg.seed + i] for i in range(cfg.distill.ablation_seeds)]
-        out[f"{teacher}_teacher"] = {"mean": round(statistics.mean(accuracies), 4),
-                                     "std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0,
-                                     "seeds": accuracies}
+    results = run_jobs(_correct, jobs, workers, f"ablation: {len(jobs)} trainings, {workers} at a time")
+    if distilled.is_file():
+        results["aligned", cfg.seed] = json.loads(distilled.read_text())
+    correct = {arm: {s: results[arm, s] for s in seeds} for arm in arms}
+    write_json_atomic(run_dir.stage_dir("ablation") / "correct.json",
+                      {arm: {str(s): c for s, c in by_seed.items()} for arm, by_seed in correct.items()})
+    out = {f"{teacher}_teacher": _summary(correct[teacher]) for teacher in TEACHERS}
+    out["difference"] = paired_difference(correct["aligned"], correct["original"], seed=cfg.seed)
+    if has_gold:
+        out["gold"] = {**_summary(correct[GOLD]), "examples": len(gold_rows(cfg, run_dir))}
+        out["aligned_share_of_gold"] = round(out["aligned_teacher"]["mean"] / out["gold"]["mean"], 4) \
+            if out["gold"]["mean"] else None
+    else:
+        out["gold"] = None  # the task has no gold rationales outside its test split
     before = run_dir.record("baseline")
     if before:
         out["student_before"] = before["metrics"]["student_before"]["accuracy"]

@@ -78,6 +78,15 @@ class Task:
     calculator: bool = False
     # extra `baseline` measurements, recorded under "world": (cfg, teacher, student, task, folder) -> dict
     baseline_probe: Callable[..., dict] | None = None
+    # n questions with gold rationales, none from the test split, for the ablation's gold ceiling; None =
+    # the seed and preference examples that carry a rationale (GSM8K's solutions, BBH's CoT demos)
+    gold_examples: Callable[[int], list[Example]] | None = None
+
+    def gold(self, n: int) -> list[Example]:
+        """Up to ``n`` non-test examples with gold rationales: what the gold-ceiling student trains on."""
+        if self.gold_examples is not None:
+            return self.gold_examples(n)
+        return [ex for ex in self.seed + self.preference if ex.rationale][:n]
 
     def __post_init__(self):
         if self.drafting == "lines" and self.drafting_prompt is None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from ..tasks.base import Example, PromptStyle, Task
 from .corpus import drafting_prompt
-from .problems import make_splits, parse_question
+from .problems import make_splits, parse_question, sample_problems
 from .styles import STYLES, classify_style, render_rationale
 
 # The model continues after "A:" with " " + rationale.
@@ -43,8 +44,18 @@ def toy_examples(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Exa
     }
 
 
+def toy_gold(seed: int, taken: frozenset[str]) -> Callable[[int], list[Example]]:
+    """``n`` fresh problems with step-by-step gold rationales, from their own stream, none in any split."""
+    def gold(n: int) -> list[Example]:
+        rng = random.Random(seed)
+        return [Example(p.question, str(p.answer), rationale=render_rationale(p, "step", rng))
+                for p in sample_problems(f"toy:{seed}:gold", n, exclude=taken)]
+    return gold
+
+
 def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
     ex = toy_examples(seed, sizes)
+    taken = frozenset(e.question for split in ex.values() for e in split)
     return Task(
         name="toy-arith",
         description="Factory word problems with whole-number arithmetic.",
@@ -66,4 +77,5 @@ def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
         source="edge_tailor.toyworld.problems",
         calculator=True,
         baseline_probe=_baseline_probe,
+        gold_examples=toy_gold(seed, taken),
     )

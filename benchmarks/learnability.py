@@ -1,0 +1,93 @@
+"""ARTE's premise as a figure: how much the embedded student learns from each rationale style and each
+question difficulty, SFT on one kind alone with the `distill` stage's recipe and budget.
+
+    python -m edge_tailor.benchmarks.learnability [--seeds 2] [--out runs/learnability]
+
+Each arm trains the default student on ``--examples`` gold-correct examples of one kind (fresh problems,
+none from any split; style arms draw the task's mix of 1-3 operations, difficulty arms the step style),
+the same steps, batch and learning rate as `distill`, and answers the same test questions with the
+calculator, as every accuracy in a run is measured. ARTE pays off where the teacher's default writing is
+a kind this student learns little from and the student's one-shot preference can tell; comparing this
+table with the run's one-shot scores by style (`baseline`) says whether that holds in a world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ARMS = {**{f"style:{s}": (s, None) for s in ("step", "verbose", "mistake", "terse")},
+        **{f"ops:{n}": ("step", n) for n in (1, 2, 3)}}
+
+
+def arm_rows(task, style: str, ops: int | None, n: int, seed: int) -> list[dict]:
+    from edge_tailor.toyworld.problems import TASK_OP_WEIGHTS, sample_problems
+    from edge_tailor.toyworld.styles import render_rationale
+
+    weights = TASK_OP_WEIGHTS if ops is None else tuple(float(k == ops) for k in (1, 2, 3))
+    taken = frozenset(ex.question for split in (task.seed, task.preference, task.test) for ex in split)
+    rng = random.Random(seed)
+    problems = sample_problems(f"learnability:{seed}:{style}:{ops}", n, weights, exclude=taken)
+    return [{"prompt": task.prompt(p.question), "completion": " " + render_rationale(p, style, rng)} for p in problems]
+
+
+def train_and_test(cfg, task, rows: list[dict], seed: int) -> float:
+    from edge_tailor.evaluate import evaluate_model, student_tools
+    from edge_tailor.models import load_model
+    from edge_tailor.sft import train_student
+
+    student = load_model(cfg.student, cfg.device)
+    with tempfile.TemporaryDirectory() as workdir:
+        model, _ = train_student(student.model, student.tokenizer, rows, cfg.distill, seed=seed, device=cfg.device,
+                                 workdir=Path(workdir))
+    ev = cfg.evaluate
+    result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
+                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                            tools=student_tools(ev.calculator, task), description="test")
+    return round(result["accuracy"], 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=2, help="student seeds per arm")
+    parser.add_argument("--examples", type=int, help="training examples per arm (default: generate.examples)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
+    parser.add_argument("--out", type=Path, default=Path("runs/learnability"))
+    args = parser.parse_args(argv)
+    import torch
+
+    from edge_tailor.config import load_config
+    from edge_tailor.tasks import load_task
+
+    cfg = load_config()
+    torch.set_num_threads(cfg.threads or 1)
+    task = load_task(cfg.task)
+    n = args.examples or cfg.generate.examples
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    started, results = time.perf_counter(), {}
+    for arm in arms:
+        style, ops = ARMS[arm]
+        accuracies = [train_and_test(cfg, task, arm_rows(task, style, ops, n, cfg.seed + s), cfg.seed + s)
+                      for s in range(args.seeds)]
+        results[arm] = {"mean": round(statistics.mean(accuracies), 4), "seeds": accuracies}
+        print(f"[learnability] {arm}: {results[arm]['mean']:.3f} {accuracies}", file=sys.stderr)
+    report = {"examples": n, "steps": cfg.distill.max_steps, "test_questions": min(cfg.evaluate.test_questions,
+                                                                                   len(task.test)),
+              "seeds": args.seeds, "results": results, "seconds": round(time.perf_counter() - started, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "learnability.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
