@@ -6,7 +6,8 @@ question difficulty, SFT on one kind alone with the `distill` stage's recipe and
 Each arm trains the default student on ``--examples`` gold-correct examples of one kind (fresh problems,
 none from any split; style arms draw the task's mix of 1-3 operations, difficulty arms the step style),
 the same steps, batch and learning rate as `distill`, and answers the same test questions with the
-calculator, as every accuracy in a run is measured. ARTE pays off where the teacher's default writing is
+calculator, as every accuracy in a run is measured. Beside it, the signal ARTE optimizes: the untrained
+student's one-shot accuracy on the preference questions with a demonstration of that kind. ARTE pays off where the teacher's default writing is
 a kind this student learns little from and the student's one-shot preference can tell; comparing this
 table with the run's one-shot scores by style (`baseline`) says whether that holds in a world.
 """
@@ -26,7 +27,8 @@ ARMS = {**{f"style:{s}": (s, None) for s in ("step", "verbose", "mistake", "ters
         **{f"ops:{n}": ("step", n) for n in (1, 2, 3)}}
 
 
-def arm_rows(task, style: str, ops: int | None, n: int, seed: int) -> list[dict]:
+def arm_examples(task, style: str, ops: int | None, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` (question, gold rationale) pairs of one kind: fresh problems outside every split of ``task``."""
     from edge_tailor.toyworld.problems import TASK_OP_WEIGHTS, sample_problems
     from edge_tailor.toyworld.styles import render_rationale
 
@@ -34,7 +36,26 @@ def arm_rows(task, style: str, ops: int | None, n: int, seed: int) -> list[dict]
     taken = frozenset(ex.question for split in (task.seed, task.preference, task.test) for ex in split)
     rng = random.Random(seed)
     problems = sample_problems(f"learnability:{seed}:{style}:{ops}", n, weights, exclude=taken)
-    return [{"prompt": task.prompt(p.question), "completion": " " + render_rationale(p, style, rng)} for p in problems]
+    return [(p.question, render_rationale(p, style, rng)) for p in problems]
+
+
+def arm_rows(task, style: str, ops: int | None, n: int, seed: int) -> list[dict]:
+    return [{"prompt": task.prompt(q), "completion": " " + r} for q, r in arm_examples(task, style, ops, n, seed)]
+
+
+def one_shot_signal(cfg, task, style: str, ops: int | None, demos: int = 4) -> float:
+    """What ARTE's preference stage sees of this kind: the untrained student's mean one-shot accuracy on the
+    preference questions with a demonstration of this kind (``demos`` different ones, averaged)."""
+    from edge_tailor.evaluate import student_tools
+    from edge_tailor.models import load_model
+    from edge_tailor.scoring import one_shot_accuracy
+
+    student = load_model(cfg.student, cfg.device)
+    scores = one_shot_accuracy(student.model, student.tokenizer, task, arm_examples(task, style, ops, demos, cfg.seed + 99),
+                               task.preference,
+                               max_new_tokens=cfg.prefer.max_new_tokens, batch_size=cfg.prefer.batch_size,
+                               tools=student_tools(cfg.evaluate.calculator, task), description="one-shot")
+    return round(statistics.mean(scores), 4)
 
 
 def train_and_test(cfg, task, rows: list[dict], seed: int) -> float:
@@ -78,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         style, ops = ARMS[arm]
         accuracies = [train_and_test(cfg, task, arm_rows(task, style, ops, n, cfg.seed + s), cfg.seed + s)
                       for s in range(args.seeds)]
-        results[arm] = {"mean": round(statistics.mean(accuracies), 4), "seeds": accuracies}
-        print(f"[learnability] {arm}: {results[arm]['mean']:.3f} {accuracies}", file=sys.stderr)
-    report = {"examples": n, "steps": cfg.distill.max_steps, "test_questions": min(cfg.evaluate.test_questions,
+        results[arm] = {"mean": round(statistics.mean(accuracies), 4), "seeds": accuracies,
+                        "one_shot": one_shot_signal(cfg, task, style, ops)}
+        print(f"[learnability] {arm}: SFT {results[arm]['mean']:.3f} {accuracies}, "
+              f"one-shot {results[arm]['one_shot']:.3f}", file=sys.stderr)
+    report = {"examples": n, "steps": cfg.distill.max_steps, "one_shot_questions": len(task.preference), "test_questions": min(cfg.evaluate.test_questions,
                                                                                    len(task.test)),
               "seeds": args.seeds, "results": results, "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
