@@ -6,17 +6,16 @@ question difficulty, SFT on one kind alone with the `distill` stage's recipe and
 Each arm trains the default student on ``--examples`` gold-correct examples of one kind (fresh problems,
 none from any split; style arms draw the task's mix of 1-3 operations, difficulty arms the step style),
 the same steps, batch and learning rate as `distill`, and answers the same test questions with the
-calculator, as every accuracy in a run is measured. Beside it, the signal ARTE optimizes: the untrained
-student's one-shot accuracy on the preference questions with a demonstration of that kind. ARTE pays off where the teacher's default writing is
-a kind this student learns little from and the student's one-shot preference can tell; comparing this
-table with the run's one-shot scores by style (`baseline`) says whether that holds in a world.
+calculator, as every accuracy in a run is measured. Beside it, the signal ARTE optimizes: the
+untrained student's one-shot accuracy on the preference questions with a demonstration of that kind.
+ARTE pays off where the teacher's default writing is a kind this student learns little from and the
+student's one-shot preference can tell; this table says whether that holds in a world.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -29,14 +28,13 @@ ARMS = {**{f"style:{s}": (s, None) for s in ("step", "verbose", "mistake", "ters
 
 def arm_examples(task, style: str, ops: int | None, n: int, seed: int) -> list[tuple[str, str]]:
     """``n`` (question, gold rationale) pairs of one kind: fresh problems outside every split of ``task``."""
-    from edge_tailor.toyworld.problems import TASK_OP_WEIGHTS, sample_problems
-    from edge_tailor.toyworld.styles import render_rationale
+    from edge_tailor.toyworld.problems import TASK_OP_WEIGHTS
+    from edge_tailor.toyworld.task import fresh_examples
 
     weights = TASK_OP_WEIGHTS if ops is None else tuple(float(k == ops) for k in (1, 2, 3))
     taken = frozenset(ex.question for split in (task.seed, task.preference, task.test) for ex in split)
-    rng = random.Random(seed)
-    problems = sample_problems(f"learnability:{seed}:{style}:{ops}", n, weights, exclude=taken)
-    return [(p.question, render_rationale(p, style, rng)) for p in problems]
+    examples = fresh_examples(f"learnability:{seed}:{style}:{ops}", n, taken, style, weights, rng_seed=seed)
+    return [(ex.question, ex.rationale) for ex in examples]
 
 
 def arm_rows(task, style: str, ops: int | None, n: int, seed: int) -> list[dict]:
@@ -51,8 +49,8 @@ def one_shot_signal(cfg, task, style: str, ops: int | None, demos: int = 4) -> f
     from edge_tailor.scoring import one_shot_accuracy
 
     student = load_model(cfg.student, cfg.device)
-    scores = one_shot_accuracy(student.model, student.tokenizer, task, arm_examples(task, style, ops, demos, cfg.seed + 99),
-                               task.preference,
+    demonstrations = arm_examples(task, style, ops, demos, cfg.seed + 99)
+    scores = one_shot_accuracy(student.model, student.tokenizer, task, demonstrations, task.preference,
                                max_new_tokens=cfg.prefer.max_new_tokens, batch_size=cfg.prefer.batch_size,
                                tools=student_tools(cfg.evaluate.calculator, task), description="one-shot")
     return round(statistics.mean(scores), 4)
@@ -103,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                         "one_shot": one_shot_signal(cfg, task, style, ops)}
         print(f"[learnability] {arm}: SFT {results[arm]['mean']:.3f} {accuracies}, "
               f"one-shot {results[arm]['one_shot']:.3f}", file=sys.stderr)
-    report = {"examples": n, "steps": cfg.distill.max_steps, "one_shot_questions": len(task.preference), "test_questions": min(cfg.evaluate.test_questions,
-                                                                                   len(task.test)),
-              "seeds": args.seeds, "results": results, "seconds": round(time.perf_counter() - started, 1)}
+    report = {"examples": n, "steps": cfg.distill.max_steps, "one_shot_questions": len(task.preference),
+              "test_questions": min(cfg.evaluate.test_questions, len(task.test)), "seeds": args.seeds,
+              "results": results, "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learnability.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

@@ -31,8 +31,8 @@ def _summary(correct: dict[int, list[bool]]) -> dict:
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     seeds = [cfg.seed + i for i in range(cfg.distill.ablation_seeds)]
-    has_gold = bool(gold_rows(cfg, run_dir))
-    arms = [*TEACHERS, *([GOLD] if has_gold else [])]
+    gold_examples = len(gold_rows(cfg, run_dir))
+    arms = [*TEACHERS, *([GOLD] if gold_examples else [])]
     # aligned at the run's seed is the `distill` stage's run (same data and seed), unless a run made before
     # distill kept its per-question results
     distilled = run_dir.stage_dir("distill") / CORRECT_FILE
@@ -47,8 +47,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                       {arm: {str(s): c for s, c in by_seed.items()} for arm, by_seed in correct.items()})
     out = {f"{teacher}_teacher": _summary(correct[teacher]) for teacher in TEACHERS}
     out["difference"] = paired_difference(correct["aligned"], correct["original"], seed=cfg.seed)
-    if has_gold:
-        out["gold"] = {**_summary(correct[GOLD]), "examples": len(gold_rows(cfg, run_dir))}
+    if gold_examples:
+        out["gold"] = {**_summary(correct[GOLD]), "examples": gold_examples}
         out["aligned_share_of_gold"] = round(out["aligned_teacher"]["mean"] / out["gold"]["mean"], 4) \
             if out["gold"]["mean"] else None
     else:

@@ -7,7 +7,7 @@ from typing import Callable
 
 from ..tasks.base import Example, PromptStyle, Task
 from .corpus import drafting_prompt
-from .problems import make_splits, parse_question, sample_problems
+from .problems import TASK_OP_WEIGHTS, make_splits, parse_question, sample_problems
 from .styles import STYLES, classify_style, render_rationale
 
 # The model continues after "A:" with " " + rationale.
@@ -44,13 +44,17 @@ def toy_examples(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Exa
     }
 
 
+def fresh_examples(stream: str, n: int, taken: frozenset[str], style: str = "step", op_weights=TASK_OP_WEIGHTS,
+                   rng_seed: int = 0) -> list[Example]:
+    """``n`` problems from their own sample stream, none in ``taken``, with gold rationales in ``style``."""
+    rng = random.Random(rng_seed)
+    return [Example(p.question, str(p.answer), rationale=render_rationale(p, style, rng))
+            for p in sample_problems(stream, n, op_weights, exclude=taken)]
+
+
 def toy_gold(seed: int, taken: frozenset[str]) -> Callable[[int], list[Example]]:
     """``n`` fresh problems with step-by-step gold rationales, from their own stream, none in any split."""
-    def gold(n: int) -> list[Example]:
-        rng = random.Random(seed)
-        return [Example(p.question, str(p.answer), rationale=render_rationale(p, "step", rng))
-                for p in sample_problems(f"toy:{seed}:gold", n, exclude=taken)]
-    return gold
+    return lambda n: fresh_examples(f"toy:{seed}:gold", n, taken, rng_seed=seed)
 
 
 def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
