@@ -133,6 +133,7 @@ def _attempt_summary(attempt: dict, latency: dict | None) -> dict:
     return {"setting": attempt["setting"], "kind": files["model.onnx"]["kind"], "mb": files["model.onnx"]["mb"],
             "accuracy": acc["accuracy"], "stderr": acc["stderr"], "drop": attempt["drop"],
             "top1_agreement": attempt["fidelity"]["top1_agreement"], "mean_kl": attempt["fidelity"]["mean_kl"],
+            "all_positions": attempt["fidelity"].get("all_positions"),
             "holds": attempt["holds"], "shipped": attempt["shipped"], "measured_only": attempt.get("measured_only", False),
             "ms_per_token_p50": (latency or {}).get("ms_per_token_p50")}
 
@@ -312,13 +313,17 @@ def markdown(report: dict, plot_folder: str) -> str:
         graph = (report["export"].get("graph") or {})
         lines += ["", f"Quantizations measured ({graph.get('attention', '?')} attention graph"
                   + (f"; unfused because {graph['why']}" if graph.get("why") else "") + "; fidelity against the fp32 "
-                  "graph on held-out positions):", "",
+                  "graph on held-out sequences, at the positions that pick the continuation's tokens, and in brackets "
+                  "at every position, prompt text included):", "",
                   "| candidate | kind | MiB | accuracy | drop | top-1 agreement | KL | ms/token | holds budgets | shipped |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for a in attempts:
             ms = f"{a['ms_per_token_p50']:.3f}" if a.get("ms_per_token_p50") is not None else "-"
+            every = a.get("all_positions")
+            top1 = f"{100 * a['top1_agreement']:.1f}%" + (f" ({100 * every['top1_agreement']:.1f}%)" if every else "")
+            kl = f"{a['mean_kl']:.4f}" + (f" ({every['mean_kl']:.4f})" if every else "")
             lines.append(f"| {a['setting']} | {a['kind']} | {a['mb']:.2f} | {_fmt(a['accuracy'])} +- {_fmt(a['stderr'])} "
-                         f"| {100 * a['drop']:+.1f} | {100 * a['top1_agreement']:.1f}% | {a['mean_kl']:.4f} | {ms} | "
+                         f"| {100 * a['drop']:+.1f} | {top1} | {kl} | {ms} | "
                          f"{'measured only' if a['measured_only'] else 'yes' if a['holds'] else 'no'} | "
                          f"{'**yes**' if a['shipped'] else ''} |")
     lines += ["", f"![accuracy against latency]({plot_folder}/accuracy_latency.png)", "",

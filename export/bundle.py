@@ -50,7 +50,7 @@ def make_bundle(quantized_dir: str | Path, target: Target | str | Path, out_dir:
                 replace_partial: bool = False, reference: dict | None = None) -> Path:
     """Assemble the bundle and move it to ``out_dir`` (absent, empty or an older bundle, which it replaces).
 
-    ``reference``: ``{"sequences": [[ids]], "fp32_top1": [[ids]]}`` from the export (the fp32 graph's
+    ``reference``: ``{"sequences": [[ids]], "fp32_top1": [[ids]], "decode_from": [int]}`` from the export (the fp32 graph's
     next token at every position of held-out sequences); the bundle ships it and ``verify_bundle``
     checks that the quantized model still agrees with it within the target's ``max_top1_disagreement``.
 
@@ -249,13 +249,15 @@ def _sizes(out_dir: Path, models: list[str]) -> dict[str, float]:
 
 
 def _agreement(bundle: Path, reference: dict, model_file: str = "model.onnx") -> float:
-    """Share of positions where ``model_file`` picks the fp32 reference's next token (teacher-forced)."""
+    """Share of positions where ``model_file`` picks the fp32 reference's next token (teacher-forced), from
+    each sequence's ``decode_from`` on where the reference gives it (the positions the export counted)."""
     model = runtime.EdgeModel.load(bundle, model_file=model_file, verify=False)
     hits = total = 0
-    for sequence, expected in zip(reference["sequences"], reference["fp32_top1"]):
+    starts = reference.get("decode_from") or [0] * len(reference["sequences"])
+    for sequence, expected, start in zip(reference["sequences"], reference["fp32_top1"], starts):
         got = model.prefill_logits(sequence).argmax(-1).tolist()
-        hits += sum(a == b for a, b in zip(got, expected))
-        total += len(expected)
+        hits += sum(a == b for a, b in zip(got[start:], expected[start:]))
+        total += len(expected) - start
     return round(hits / max(1, total), 4)
 
 

@@ -27,6 +27,12 @@ def reference_sequences(fp32_dir: str | Path, prompts: Sequence[str], new_tokens
     return [model.encode_prompt(p) + model.generate(p, new_tokens).tokens for p in prompts]
 
 
+def decode_starts(fp32_dir: str | Path, prompts: Sequence[str]) -> list[int]:
+    """Per prompt, the first position whose prediction generation uses (the last prompt token's)."""
+    model = EdgeModel.load(fp32_dir, verify=False)
+    return [len(model.encode_prompt(p)) - 1 for p in prompts]
+
+
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -36,21 +42,41 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def fidelity(fp32_dir: str | Path, quant_dir: str | Path, model_file: str, sequences: Sequence[list[int]],
-             fp32_file: str = "model.onnx") -> dict:
+             fp32_file: str = "model.onnx", decode_from: Sequence[int] | None = None) -> dict:
+    """Top-1 agreement and mean KL per position. With ``decode_from`` (per sequence, the first position whose
+    prediction generation uses: its prompt length - 1) the figures count the positions that pick the
+    continuation's tokens, and ``all_positions`` holds those of every position: predicting the prompt's own
+    text (a random boolean expression, a chat template) is a near-tie that no output depends on."""
     reference = EdgeModel.load(fp32_dir, model_file=fp32_file, verify=False)
     quantized = EdgeModel.load(quant_dir, model_file=model_file, verify=False)
-    agree, kls = [], []
-    for sequence in sequences:
+    agree, kls, counted = [], [], []
+    for i, sequence in enumerate(sequences):
         p = _log_softmax(reference.prefill_logits(sequence))
         q = _log_softmax(quantized.prefill_logits(sequence))
         agree += list(p.argmax(-1) == q.argmax(-1))
         kls += list((np.exp(p) * (p - q)).sum(-1))
+        start = 0 if decode_from is None else decode_from[i]
+        counted += [False] * start + [True] * (len(sequence) - start)
+    agree, kls, counted = np.array(agree), np.array(kls), np.array(counted)
+    out = _figures(agree[counted], kls[counted]) | {"sequences": len(sequences)}
+    if decode_from is not None:
+        out["positions_counted"] = "decode"
+        out["all_positions"] = _figures(agree, kls)
+    return out
+
+
+def _figures(agree: np.ndarray, kls: np.ndarray) -> dict:
     return {"top1_agreement": round(float(np.mean(agree)), 4), "mean_kl": round(float(np.mean(kls)), 5),
-            "max_kl": round(float(np.max(kls)), 4), "positions": len(agree), "sequences": len(sequences)}
+            "max_kl": round(float(np.max(kls)), 4), "positions": int(len(agree))}
 
 
-def fp32_reference(fp32_dir: str | Path, sequences: Sequence[list[int]]) -> dict:
-    """What a bundle ships for `verify`: the sequences and the fp32 graph's top-1 token at each position."""
+def fp32_reference(fp32_dir: str | Path, sequences: Sequence[list[int]],
+                   decode_from: Sequence[int] | None = None) -> dict:
+    """What a bundle ships for `verify`: the sequences, the fp32 graph's top-1 token at each position and,
+    where the export counted decode positions only, where each sequence's count starts."""
     model = EdgeModel.load(fp32_dir, verify=False)
-    return {"sequences": [list(s) for s in sequences],
-            "fp32_top1": [model.prefill_logits(s).argmax(-1).tolist() for s in sequences]}
+    out = {"sequences": [list(s) for s in sequences],
+           "fp32_top1": [model.prefill_logits(s).argmax(-1).tolist() for s in sequences]}
+    if decode_from is not None:
+        out["decode_from"] = [int(x) for x in decode_from]
+    return out

@@ -9,7 +9,7 @@ import pytest
 
 from edge_tailor.errors import ArtifactError
 from edge_tailor.export.bundle import REFERENCE, make_bundle, verify_bundle
-from edge_tailor.export.fidelity import fidelity, fp32_reference, reference_sequences
+from edge_tailor.export.fidelity import decode_starts, fidelity, fp32_reference, reference_sequences
 from edge_tailor.export.onnx_export import export_onnx
 from edge_tailor.export.quantize import quantize_for_target
 from edge_tailor.models import resolve_model_path
@@ -40,6 +40,36 @@ def test_fidelity_separates_a_faithful_int8_from_another_model(graphs):
     other = fidelity(fp32, teacher, "model.onnx", sequences)
     assert other["top1_agreement"] < 0.9 and other["mean_kl"] > 10 * int8["mean_kl"], other
     assert int8["positions"] == sum(len(s) for s in sequences) and int8["sequences"] == 12
+
+
+def test_decode_positions_are_those_from_the_last_prompt_token_on(graphs):
+    root, fp32, teacher, sequences = graphs
+    starts = decode_starts(fp32, [TASK.prompt(ex.question) for ex in TASK.preference[:12]])
+    assert all(0 < start < len(s) - 1 for start, s in zip(starts, sequences))
+    every = fidelity(fp32, teacher, "model.onnx", sequences)
+    decode = fidelity(fp32, teacher, "model.onnx", sequences, decode_from=starts)
+    assert decode["positions"] == sum(len(s) - start for start, s in zip(starts, sequences))
+    assert decode["positions_counted"] == "decode" and decode["all_positions"]["positions"] == every["positions"]
+    assert {k: decode["all_positions"][k] for k in ("top1_agreement", "mean_kl")} == \
+        {k: every[k] for k in ("top1_agreement", "mean_kl")}
+    assert decode["top1_agreement"] != every["top1_agreement"]  # a subset, not the whole
+    last = fidelity(fp32, fp32, "model.onnx", sequences, decode_from=[len(s) - 1 for s in sequences])
+    assert last["positions"] == len(sequences) and last["top1_agreement"] == 1.0
+
+
+def test_verify_counts_the_positions_the_export_counted(graphs):
+    root, fp32, teacher, sequences = graphs
+    # the teacher's tokens as the reference, counted from the last position only, where both models agree there
+    reference = fp32_reference(teacher, sequences[:4])
+    shipped = fp32_reference(root / "int8", sequences[:4])  # what the bundled file predicts
+    agreeing = [[i for i, (a, b) in enumerate(zip(x, y)) if a == b] for x, y in
+                zip(reference["fp32_top1"], shipped["fp32_top1"])]
+    assert all(agreeing), "the embedded teacher and the INT8 student agree somewhere in each sequence"
+    reference["decode_from"] = [positions[-1] for positions in agreeing]
+    reference["fp32_top1"] = [t[:p + 1] for t, p in zip(reference["fp32_top1"], reference["decode_from"])]
+    bundle = _bundle(root, fp32, reference, "counted")
+    assert json.loads((bundle / "manifest.json").read_text())["fidelity"]["top1_agreement"] == 1.0
+    assert verify_bundle(bundle)["passed"]
 
 
 def test_candidates_come_in_the_order_qat_prefers():

@@ -92,3 +92,22 @@ def test_baseline_decodes_the_teacher_once_where_tools_change_nothing(tmp_path, 
     metrics = json.loads((tmp_path / "bbh" / "records" / "baseline.json").read_text())["metrics"]
     assert calls == ["teacher on test", "student on test"]  # BBH: no arithmetic, no solutions to ground in
     assert metrics["teacher_tools_apply"] is False and metrics["teacher_with_tools"] == metrics["teacher"]
+
+
+def test_baseline_decodes_once_when_the_teacher_is_the_student(tmp_path, monkeypatch):
+    from edge_tailor.stages import baseline
+
+    calls, loads = [], []
+    real, real_load = baseline.evaluate_model, baseline.load_model
+    monkeypatch.setattr(baseline, "evaluate_model", lambda *a, **kw: calls.append(kw["description"]) or real(*a, **kw))
+    monkeypatch.setattr(baseline, "load_model", lambda spec, device: loads.append(spec.path) or real_load(spec, device))
+    assert main(["run", "--out", str(tmp_path), *ARGS, "evaluate.test_questions=4", "teacher.path=embedded:student",
+                 "--only", "baseline"]) == 0
+    metrics = json.loads((tmp_path / "bbh" / "records" / "baseline.json").read_text())["metrics"]
+    assert calls == ["teacher on test"] and loads == ["embedded:student"]
+    assert metrics["student_before"] == metrics["teacher"]
+    # the same path loaded another way is another model: decoded again
+    calls.clear()
+    assert main(["run", "--out", str(tmp_path / "b"), *ARGS, "evaluate.test_questions=4", "teacher.path=embedded:student",
+                 "teacher.dtype=float32", "--only", "baseline"]) == 0
+    assert calls == ["teacher on test", "student on test"]

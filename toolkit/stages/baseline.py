@@ -22,7 +22,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     folder = run_dir.stage_dir("baseline")
     task = load_task(cfg.task)
     teacher = load_model(cfg.teacher, cfg.device)
-    student = load_model(cfg.student, cfg.device)
+    student = teacher if cfg.student == cfg.teacher else load_model(cfg.student, cfg.device)
     test = task.test[: cfg.evaluate.test_questions]
     ev = cfg.evaluate
     solutions = None
@@ -38,12 +38,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         teacher.model, teacher.tokenizer, task, test, tools=tools, solutions=solutions,
         max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
         description="teacher+tools on test") if tools_apply else results["teacher"]
-    results |= {
-        "student_before": evaluate_model(student.model, student.tokenizer, task, test,
-                                         max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                                         tools=student_tools(ev.calculator, task),
-                                         description="student on test"),
-    }
+    student_tools_ = student_tools(ev.calculator, task)
+    if cfg.student == cfg.teacher and student_tools_ is None:
+        # the same model, prompts and greedy decoding: the teacher's result is the student's (a real-model
+        # recipe that aligns the student's own model saves a whole decode of the test split)
+        results["student_before"] = results["teacher"]
+    else:
+        results["student_before"] = evaluate_model(student.model, student.tokenizer, task, test,
+                                                   max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                                   tools=student_tools_, description="student on test")
     with open(folder / "completions.jsonl", "w") as handle:
         for i, ex in enumerate(test):
             handle.write(json.dumps({"question": ex.question, "gold": ex.answer,

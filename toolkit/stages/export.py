@@ -55,7 +55,7 @@ def choose(attempts: list[dict]) -> tuple[dict, bool]:
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     from ..benchmarks.accuracy import edge_accuracy
-    from ..export.fidelity import fidelity, fp32_reference, reference_sequences
+    from ..export.fidelity import decode_starts, fidelity, fp32_reference, reference_sequences
     from ..export.fusion import graph_to_ship
     from ..export.onnx_export import check_parity, export_onnx
     from ..export.quantize import quantize_for_target
@@ -78,10 +78,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if graph.get("why"):
         console.print(f"[yellow]  shipping the unfused graph: {graph['why']}[/yellow]")
     shutil.copy2(target_path(cfg.target), graph_dir / "target.toml")  # so `bench` can time the fp32 graph too
-    # held-out sequences for fidelity: preference-split prompts (never the test split it is scored on)
-    held_out = [task.prompt(ex.question) for ex in task.preference[: cfg.export.fidelity_prompts]]
+    held_out = held_out_prompts(cfg, run_dir, task)
     sequences = reference_sequences(graph_dir, held_out, cfg.export.fidelity_tokens)
-    write_json_atomic(folder / REFERENCE, fp32_reference(graph_dir, sequences))  # shipped: `verify` rechecks the same figure
+    starts = decode_starts(graph_dir, held_out)
+    write_json_atomic(folder / REFERENCE, fp32_reference(graph_dir, sequences, starts))  # shipped: `verify` rechecks the same figure
     test = task.test[: cfg.evaluate.test_questions]
     fp32_acc = run_dir.record("distill")["metrics"]["student_fp32"]["accuracy"]
     calibration = [task.prompt(ex.question) for ex in task.preference[: cfg.export.calibration_samples]]
@@ -97,12 +97,14 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         accuracy = {m: _without_items(edge_accuracy(out, task, test, cfg, m)) for m in info["files"]}
         attempt = {"setting": name, "quantization": info, "accuracy": accuracy,
                    "drop": round(fp32_acc - accuracy["model.onnx"]["accuracy"], 4),
-                   "fidelity": fidelity(graph_dir, out, "model.onnx", sequences), "shipped": False,
+                   "fidelity": fidelity(graph_dir, out, "model.onnx", sequences, decode_from=starts), "shipped": False,
                    "measured_only": name in MEASURED_ONLY}
         attempt["holds"] = holds(attempt, target)
         attempts.append(attempt)
         console.print(f"  {name}: accuracy drop {attempt['drop']:+.3f}, top-1 agreement "
-                      f"{attempt['fidelity']['top1_agreement']:.3f}, KL {attempt['fidelity']['mean_kl']:.4f}"
+                      f"{attempt['fidelity']['top1_agreement']:.3f}, KL {attempt['fidelity']['mean_kl']:.4f} "
+                      f"at decode positions (every position: {attempt['fidelity']['all_positions']['top1_agreement']:.3f}, "
+                      f"{attempt['fidelity']['all_positions']['mean_kl']:.4f})"
                       + ("" if attempt["holds"] else " (breaks a budget)"))
     chosen, held = choose(attempts)
     if not held:
@@ -117,6 +119,17 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                         "fidelity": chosen["fidelity"], "student_int8": chosen["accuracy"]["model.onnx"],
                         "weight_only": {k: v for k, v in chosen["accuracy"].items() if k != "model.onnx"},
                         "accuracy_drop": chosen["drop"]}}
+
+
+def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
+    """Prompts for fidelity that the student neither trained on (annotated preference questions are training
+    data) nor is scored on: the preference split, then the test split beyond `evaluate.test_questions`."""
+    from ..distillation import training_rows
+
+    trained = {row["prompt"] for row in training_rows(cfg, run_dir, "aligned")}
+    pool = task.preference + task.test[cfg.evaluate.test_questions:]
+    prompts = [p for p in (task.prompt(ex.question) for ex in pool) if p not in trained]
+    return prompts[: cfg.export.fidelity_prompts]
 
 
 def _without_items(result: dict) -> dict:
