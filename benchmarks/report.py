@@ -73,6 +73,8 @@ def assemble(run: RunDir, target_name: str) -> dict:
                    "student_fp32": _acc(rec["distill"], "student_fp32", "stderr"),
                    "student_int8": _acc(export, "student_int8", "stderr")},
         "test_questions": _acc(rec["distill"], "student_fp32", "n"),
+        # fp32 - shipped, paired by test question (bootstrap 95% interval): what the drop budget is read against
+        "drop_paired": export.get("accuracy_drop_paired"),
         "student_tools": _acc(base, "student_before", "tools"),
     }
     latency = {k: bench.get(k) for k in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s",
@@ -85,7 +87,8 @@ def assemble(run: RunDir, target_name: str) -> dict:
     report = {
         "target": target_name,
         "accuracy": accuracy,
-        "ablation": {"original_teacher": rec["ablation"].get("original_teacher"),
+        "ablation": {"skipped": rec["ablation"].get("skipped"),
+                     "original_teacher": rec["ablation"].get("original_teacher"),
                      "aligned_teacher": rec["ablation"].get("aligned_teacher"),
                      "gold": rec["ablation"].get("gold"),
                      # aligned - original, paired by student seed and test question, with a bootstrap 95% interval
@@ -132,6 +135,7 @@ def _attempt_summary(attempt: dict, latency: dict | None) -> dict:
     acc = attempt["accuracy"]["model.onnx"]
     return {"setting": attempt["setting"], "kind": files["model.onnx"]["kind"], "mb": files["model.onnx"]["mb"],
             "accuracy": acc["accuracy"], "stderr": acc["stderr"], "drop": attempt["drop"],
+            "drop_ci95": (attempt.get("drop_paired") or {}).get("ci95"),
             "top1_agreement": attempt["fidelity"]["top1_agreement"], "mean_kl": attempt["fidelity"]["mean_kl"],
             "all_positions": attempt["fidelity"].get("all_positions"),
             "holds": attempt["holds"], "shipped": attempt["shipped"], "measured_only": attempt.get("measured_only", False),
@@ -251,7 +255,8 @@ def markdown(report: dict, plot_folder: str) -> str:
     broken = [n for n, b in report["budgets"].items() if not b["passed"]]
     lines = [f"# edge-tailor report: target `{report['target']}`", "",
              f"**Verdict: {verdict}**" + (f" (broken: {', '.join(broken)})" if broken else " (every budget held)")
-             + f". Student INT8 accuracy {_fmt(acc['student_int8'])}, "
+             + f". Shipped student ({(report.get('export') or {}).get('fallback') or 'INT8'}) accuracy "
+             f"{_fmt(acc['student_int8'])}, "
              f"{_fmt(lat.get('ms_per_token_p50'), False)} ms/token p50 on the edge runtime.", "",
              "## Accuracy (test split)", "", "| model | accuracy | sampling error |", "| --- | --- | --- |"]
     kernel = report.get("kernel") or {}
@@ -259,6 +264,12 @@ def markdown(report: dict, plot_folder: str) -> str:
     for name in ("teacher", "student_before", "student_fp32", "student_int8"):
         label = f"{name} (host kernel differs from the device's)" if name == "student_int8" and foreign else name
         lines.append(f"| {label} | {_fmt(acc[name])} | {_fmt(acc['stderr'].get(name))} |")
+    drop = acc.get("drop_paired")
+    if drop:
+        lines += ["", f"fp32 minus shipped, paired over the same {drop['questions']} test questions: "
+                  f"{100 * drop['mean']:+.1f} points, 95% interval [{100 * drop['ci95'][0]:+.1f}, "
+                  f"{100 * drop['ci95'][1]:+.1f}] ({drop['fp32_only_right']} right only in fp32, "
+                  f"{drop['quantized_only_right']} only in the shipped file)."]
     if kernel:
         lines += ["", f"INT8 measured on {kernel['host_cpu']} (ONNX Runtime kernel `{kernel['host_kernel']}`; "
                   f"target ISA `{kernel['target_isa']}`): {kernel['note']}."]
@@ -270,6 +281,8 @@ def markdown(report: dict, plot_folder: str) -> str:
     lines += ["", f"![accuracy]({plot_folder}/accuracy.png)", "", "## What ARTE bought (ablation)", "",
               "| student trained on | mean | std | seeds |", "| --- | --- | --- | --- |",
               f"| nothing (student before) | {_fmt(ab.get('student_before'))} | - | - |"]
+    if ab.get("skipped"):
+        lines += ["", f"Not measured: {ab['skipped']} (`distill.ablation_seeds` > 0 trains it)."]
     for key, label in (("original_teacher", "original teacher's data"), ("aligned_teacher", "aligned teacher's data"),
                        ("gold", "the task's gold rationales (ceiling)")):
         if ab.get(key):
@@ -315,15 +328,17 @@ def markdown(report: dict, plot_folder: str) -> str:
                   + (f"; unfused because {graph['why']}" if graph.get("why") else "") + "; fidelity against the fp32 "
                   "graph on held-out sequences, at the positions that pick the continuation's tokens, and in brackets "
                   "at every position, prompt text included):", "",
-                  "| candidate | kind | MiB | accuracy | drop | top-1 agreement | KL | ms/token | holds budgets | shipped |",
+                  "| candidate | kind | MiB | accuracy | drop (paired 95% interval) | top-1 agreement | KL | ms/token | holds budgets | shipped |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for a in attempts:
             ms = f"{a['ms_per_token_p50']:.3f}" if a.get("ms_per_token_p50") is not None else "-"
             every = a.get("all_positions")
             top1 = f"{100 * a['top1_agreement']:.1f}%" + (f" ({100 * every['top1_agreement']:.1f}%)" if every else "")
             kl = f"{a['mean_kl']:.4f}" + (f" ({every['mean_kl']:.4f})" if every else "")
+            drop = f"{100 * a['drop']:+.1f}" + (f" [{100 * a['drop_ci95'][0]:+.1f}, {100 * a['drop_ci95'][1]:+.1f}]"
+                                                 if a.get("drop_ci95") else "")
             lines.append(f"| {a['setting']} | {a['kind']} | {a['mb']:.2f} | {_fmt(a['accuracy'])} +- {_fmt(a['stderr'])} "
-                         f"| {100 * a['drop']:+.1f} | {top1} | {kl} | {ms} | "
+                         f"| {drop} | {top1} | {kl} | {ms} | "
                          f"{'measured only' if a['measured_only'] else 'yes' if a['holds'] else 'no'} | "
                          f"{'**yes**' if a['shipped'] else ''} |")
     lines += ["", f"![accuracy against latency]({plot_folder}/accuracy_latency.png)", "",

@@ -65,3 +65,24 @@ def test_card_states_units_once_in_mib(tmp_path):
     card = _card(tmp_path)
     assert "peak RSS, MiB" in card and "model size, MiB" in card and "| file | MiB |" in card
     assert card.count("MiB (2^20 bytes)") == 1 and " MB" not in card
+
+
+def test_a_skipped_ablation_reads_as_not_measured_and_annotations_are_counted(tmp_path, monkeypatch):
+    from edge_tailor.benchmarks.report import markdown
+    from edge_tailor.config import load_config
+    from edge_tailor.stages import ablation
+    from edge_tailor.stages.report import card_info
+
+    cfg = load_config(overrides=["distill.ablation_seeds=0", "distill.use_annotations=true"])
+    monkeypatch.setattr(ablation, "run_jobs", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("trained")))
+    run = _records(tmp_path, True)
+    write_json_atomic(run.record_path("ablation"), {"stage": "ablation", **ablation.run(cfg, run)})
+    report = assemble(run, "ci-x86")
+    assert report["ablation"]["skipped"].startswith("distill.ablation_seeds is 0")
+    assert report["ablation"]["original_teacher"] is None and report["ablation"]["difference"] is None
+    report |= {"passed": True, "budgets": {}}
+    assert "Not measured: distill.ablation_seeds is 0" in markdown(report, "plots")
+    info = card_info(cfg, report, False, {"examples": 673}, annotated=73)
+    assert info["training_data"].startswith("600 examples written by the teacher")
+    assert "73 TeacherLM annotations" in info["training_data"]
+    assert "ARTE ablation: not measured" in info["method"] and "None" not in info["method"]

@@ -29,3 +29,13 @@ def test_changed_section_redoes_its_readers_only(tmp_path):
     assert redo == ["bench", "report"]
     forced = [st.name for st, _, must in plan(load_config(), run, digest, force={"prefer"}) if must]
     assert forced == list(STAGE_NAMES[STAGE_NAMES.index("prefer"):])
+
+
+def test_more_ablation_seeds_redo_the_ablation_not_the_student(tmp_path):
+    run = RunDir(tmp_path / "run")
+    digest = target_hash(load_target("ci-x86"))
+    _finish_all(run, load_config(), digest)
+    redo = [st.name for st, _, must in plan(load_config(None, ["distill.ablation_seeds=5"]), run, digest) if must]
+    assert redo == ["ablation", "report"]
+    redo = [st.name for st, _, must in plan(load_config(None, ["distill.max_steps=7"]), run, digest) if must]
+    assert redo == ["distill", "ablation", "export", "bench", "report"]

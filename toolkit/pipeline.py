@@ -34,6 +34,7 @@ class Stage:
     sections: tuple[str, ...] = ()
     uses_target: bool = False
     module_name: str = ""  # default: edge_tailor.stages.<name>
+    ignores: tuple[str, ...] = ()  # "section.key"s of its sections that it never reads (out of its fingerprint)
 
     @property
     def module(self):
@@ -53,7 +54,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("generate", "aligned and original teacher write the training data; measure the change (ARTE 4)",
           needs=("align",), sections=("generate", "elicit", "prefer", "evaluate")),
     Stage("distill", "LoRA SFT of the student on the aligned teacher's data, with the target's QAT",
-          needs=("generate",), sections=("distill", "evaluate"), uses_target=True),
+          needs=("generate",), sections=("distill", "evaluate"), uses_target=True,
+          ignores=("distill.ablation_seeds",)),  # `ablation` reads it: more seeds must not retrain the student
     Stage("ablation", "student trained on original vs aligned teacher data, several seeds",
           needs=("distill", "baseline"), sections=("distill", "evaluate"), uses_target=True),
     Stage("export", "ONNX export (Optimum, KV cache), fp32 parity, quantization per target, INT8 accuracy",
@@ -69,6 +71,9 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 def fingerprint(cfg: RunConfig, st: Stage, upstream: dict[str, str], target_digest: str) -> str:
     parts = {key: getattr(cfg, key) for key in COMMON_SECTIONS + st.sections}
     data = {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in parts.items()}
+    for dotted in st.ignores:
+        section, key = dotted.split(".", 1)
+        data[section].pop(key, None)
     data["upstream"] = {n: upstream[n] for n in st.needs}
     if st.uses_target:
         data["target"] = target_digest

@@ -30,6 +30,8 @@ def _summary(correct: dict[int, list[bool]]) -> dict:
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    if cfg.distill.ablation_seeds == 0:
+        return {"metrics": {"skipped": "distill.ablation_seeds is 0: no original-vs-aligned comparison was trained"}}
     seeds = [cfg.seed + i for i in range(cfg.distill.ablation_seeds)]
     gold_examples = len(gold_rows(cfg, run_dir))
     arms = [*TEACHERS, *([GOLD] if gold_examples else [])]

@@ -94,9 +94,11 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         info = quantize_for_target(graph_dir, out, candidate, calibration_texts=calibration)
         shutil.copy2(target_path(cfg.target), out / "target.toml")  # edge runtime session settings
-        accuracy = {m: _without_items(edge_accuracy(out, task, test, cfg, m)) for m in info["files"]}
+        results = {m: edge_accuracy(out, task, test, cfg, m) for m in info["files"]}
+        accuracy = {m: _without_items(r) for m, r in results.items()}
         attempt = {"setting": name, "quantization": info, "accuracy": accuracy,
                    "drop": round(fp32_acc - accuracy["model.onnx"]["accuracy"], 4),
+                   "drop_paired": _paired_drop(run_dir, results["model.onnx"]["correct"]),
                    "fidelity": fidelity(graph_dir, out, "model.onnx", sequences, decode_from=starts), "shipped": False,
                    "measured_only": name in MEASURED_ONLY}
         attempt["holds"] = holds(attempt, target)
@@ -118,7 +120,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                         "kernel": kernel_record(target),  # the CPU the INT8 accuracy was measured on
                         "fidelity": chosen["fidelity"], "student_int8": chosen["accuracy"]["model.onnx"],
                         "weight_only": {k: v for k, v in chosen["accuracy"].items() if k != "model.onnx"},
-                        "accuracy_drop": chosen["drop"]}}
+                        "accuracy_drop": chosen["drop"], "accuracy_drop_paired": chosen["drop_paired"]}}
 
 
 def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
@@ -130,6 +132,24 @@ def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
     pool = task.preference + task.test[cfg.evaluate.test_questions:]
     prompts = [p for p in (task.prompt(ex.question) for ex in pool) if p not in trained]
     return prompts[: cfg.export.fidelity_prompts]
+
+
+def _paired_drop(run_dir: RunDir, quantized: list[bool]) -> dict | None:
+    """fp32 minus quantized accuracy paired by test question, with its bootstrap 95% interval: the same
+    questions answered twice, so the interval is far narrower than either accuracy's sampling error."""
+    from ..distillation import CORRECT_FILE
+    from ..paired import paired_difference
+
+    path = run_dir.stage_dir("distill") / CORRECT_FILE
+    if not path.is_file():
+        return None
+    fp32 = json.loads(path.read_text(encoding="utf-8"))
+    if len(fp32) != len(quantized):
+        return None  # distill scored another test split size: nothing to pair
+    d = paired_difference({0: fp32}, {0: quantized})
+    return {"mean": d["mean"], "ci95": d["ci95"], "questions": d["n"]["questions"],
+            "fp32_only_right": sum(a and not b for a, b in zip(fp32, quantized)),
+            "quantized_only_right": sum(b and not a for a, b in zip(fp32, quantized))}
 
 
 def _without_items(result: dict) -> dict:

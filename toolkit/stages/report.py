@@ -15,11 +15,20 @@ from ..target import target_path
 from ..tasks import load_task
 
 
-def card_info(cfg: RunConfig, report: dict, calculator: bool, training: dict) -> dict:
-    """Model-card fields; `training` is the `distill` record's (the data and loss the shipped student saw)."""
+def card_info(cfg: RunConfig, report: dict, calculator: bool, training: dict, annotated: int = 0) -> dict:
+    """Model-card fields; `training` is the `distill` record's (the data and loss the shipped student saw),
+    `annotated` how many of its examples are TeacherLM annotations of an existing dataset."""
     ab = report["ablation"]
     aligned = ab.get("aligned_teacher") or {}
     temperature = cfg.generate.rationale_temperature
+    examples = training.get("examples")
+    written = examples - annotated if isinstance(examples, int) else examples
+    ablation = (f"ARTE ablation: not measured ({ab['skipped']})." if ab.get("skipped") else
+                f"ARTE ablation: aligned-teacher data {aligned.get('mean')} vs original-teacher data "
+                f"{(ab.get('original_teacher') or {}).get('mean')} (mean test accuracy over seeds).")
+    sources = (f" Besides them, {annotated} TeacherLM annotations (the teacher's `{cfg.elicit.annotate_order}` notes on "
+               f"questions of `{cfg.elicit.annotate.path if cfg.elicit.annotate else ''}`, given their answers)."
+               if annotated else "")
     return {
         "task": cfg.task.name, "base_model": cfg.student.path,
         "intended_use": f"Answering `{cfg.task.name}` questions on the device described by target `{cfg.target}`, "
@@ -27,17 +36,23 @@ def card_info(cfg: RunConfig, report: dict, calculator: bool, training: dict) ->
                         + (", with its calculator filling in the results of the model's equations "
                            "(`edge_runtime.py --calculator auto`); every accuracy here was measured that way."
                            if calculator else "."),
-        "training_data": f"{training.get('examples')} examples written by the teacher (`{cfg.teacher.path}`) after "
+        "training_data": f"{written} examples written by the teacher (`{cfg.teacher.path}`) after "
                          "ARTE alignment to this student (DPO on the student's one-shot preferences); "
                          + ("greedy rationales" if temperature == 0 else f"rationales sampled at temperature {temperature}")
-                         + " kept only when their answer matched the task's solver.",
+                         + " kept only when their answer matched the task's solver." + sources,
         "method": f"LoRA (r={cfg.distill.lora.r}) fine-tuning with trl's {training.get('trainer', 'SFTTrainer')} "
                   f"(loss: {training.get('loss_kind', 'cross-entropy on the completion')})"
                   + (" under torchao fake quantization matching the target's INT8 scheme" if cfg.distill.qat else "")
                   + "; merged, exported with Optimum (text-generation-with-past), quantized with ONNX Runtime. "
-                  f"ARTE ablation: aligned-teacher data {aligned.get('mean')} vs original-teacher data "
-                  f"{(ab.get('original_teacher') or {}).get('mean')} (mean test accuracy over seeds).",
+                  + ablation,
     }
+
+
+def _annotated(cfg: RunConfig, run_dir: RunDir) -> int:
+    """How many TeacherLM annotations the student trained on (`distill.use_annotations`)."""
+    if not (cfg.distill.use_annotations and cfg.elicit.annotate):
+        return 0
+    return int((run_dir.record("elicit") or {}).get("metrics", {}).get("annotated") or 0)
 
 
 def _fidelity_reference(run_dir: RunDir) -> dict | None:
@@ -56,7 +71,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     # <run>/bundle is the toolkit's own: replace_partial lets a rerun replace one that an older, killed
     # version left half-written (make_bundle itself now builds aside and renames into place).
     make_bundle(run_dir.stage_dir("export") / "quantized", target_path(cfg.target), bundle, report,
-                card_info(cfg, report, calculator, training),
+                card_info(cfg, report, calculator, training, _annotated(cfg, run_dir)),
                 decoding={"calculator": calculator, "prompt": task.style.query, "stop": list(task.style.stop)},
                 replace_partial=True, reference=_fidelity_reference(run_dir))
     try:
