@@ -111,3 +111,27 @@ def test_baseline_decodes_once_when_the_teacher_is_the_student(tmp_path, monkeyp
     assert main(["run", "--out", str(tmp_path / "b"), *ARGS, "evaluate.test_questions=4", "teacher.path=embedded:student",
                  "teacher.dtype=float32", "--only", "baseline"]) == 0
     assert calls == ["teacher on test", "student on test"]
+
+
+def test_fidelity_prompts_skip_training_questions_and_say_when_none_is_left(tmp_path):
+    from edge_tailor.config import load_config
+    from edge_tailor.errors import InputError
+    from edge_tailor.rundir import RunDir, write_jsonl
+    from edge_tailor.stages.export import held_out_prompts
+    from edge_tailor.tasks import load_task
+
+    path, cot = BBH / "tasks" / "boolean_expressions.json", BBH / "cot-prompts" / "boolean_expressions.txt"
+    spec = ["task.name=bbh", f"task.path={path}", f"task.cot_prompt={cot}"]
+    annotate = ["elicit.annotate.name=bbh", f"elicit.annotate.path={path}", f"elicit.annotate.cot_prompt={cot}"]
+    cfg = load_config(overrides=[*spec, *annotate, "distill.use_annotations=true", "evaluate.test_questions=6"])
+    task = load_task(cfg.task)
+    run = RunDir(tmp_path / "run")
+    for stage in ("generate", "elicit"):
+        run.stage_dir(stage).mkdir(parents=True)
+    write_jsonl(run.stage_dir("generate") / "aligned.jsonl", [])
+    annotated = [{"question": ex.question, "completion": "x"} for ex in task.preference]
+    write_jsonl(run.stage_dir("elicit") / "annotated.jsonl", annotated)
+    assert held_out_prompts(cfg, run, task) == [task.prompt(ex.question) for ex in task.test[6:]]
+    everything = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"test_questions": len(task.test)})})
+    with pytest.raises(InputError, match="no held-out prompt left for the fidelity check"):
+        held_out_prompts(everything, run, task)

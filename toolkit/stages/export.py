@@ -128,9 +128,16 @@ def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
     data) nor is scored on: the preference split, then the test split beyond `evaluate.test_questions`."""
     from ..distillation import training_rows
 
+    from ..errors import InputError
+
     trained = {row["prompt"] for row in training_rows(cfg, run_dir, "aligned")}
     pool = task.preference + task.test[cfg.evaluate.test_questions:]
     prompts = [p for p in (task.prompt(ex.question) for ex in pool) if p not in trained]
+    if not prompts:
+        raise InputError("config", "evaluate.test_questions",
+                         f"no held-out prompt left for the fidelity check: the {len(task.preference)} preference "
+                         f"questions are training data and the test split has no question beyond the first "
+                         f"{cfg.evaluate.test_questions}; lower evaluate.test_questions")
     return prompts[: cfg.export.fidelity_prompts]
 
 
