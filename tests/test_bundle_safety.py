@@ -203,7 +203,9 @@ def test_report_stage_replaces_a_half_written_bundle_and_lists_the_sha_file(onnx
     monkeypatch.setattr(stage, "load_task", lambda spec: SimpleNamespace(style=SimpleNamespace(query="Q:", stop=["\n"])))
     monkeypatch.setattr(stage, "student_uses_calculator", lambda cfg, task: True)
     monkeypatch.setattr(stage, "card_info", lambda *a: CARD)
-    record = stage.run(SimpleNamespace(target="ci-x86", task=None), run_dir)
+    cfg = SimpleNamespace(target="ci-x86", task=None, distill=SimpleNamespace(use_annotations=False),
+                          elicit=SimpleNamespace(annotate=None))
+    record = stage.run(cfg, run_dir)
     bundle = root / "bundle"
     assert record["metrics"]["verified"] and verify_bundle(bundle)["passed"]
     shipped = {p.relative_to(root).as_posix() for p in record["extra_files"]}
