@@ -100,6 +100,8 @@ def assemble(run: RunDir, target_name: str) -> dict:
                       "reward_margin": rec["align"].get("reward_margin")},
         # the shipped file against the fp32 graph, per held-out position (edge_tailor.export.fidelity)
         "fidelity": export.get("fidelity"),
+        # with distill.compare_ptq: each arm's quantized file against its own fp32 graph (edge_tailor.qat_vs_ptq)
+        "qat_vs_ptq": rec["ablation"].get("qat_vs_ptq"),
         "export": {"parity": export.get("parity"), "fallback": export.get("chosen"), "graph": export.get("graph"),
                    "attempts": [_attempt_summary(a, (bench.get("attempts") or {}).get(a["setting"]))
                                 for a in export.get("attempts") or []],
@@ -132,9 +134,9 @@ def write_report(run_dir: RunDir, target: str) -> dict:
 def _attempt_summary(attempt: dict, latency: dict | None) -> dict:
     """One candidate quantization as the report shows it: what it is, how faithful, how accurate, how fast."""
     files = attempt["quantization"]["files"]
-    acc = attempt["accuracy"]["model.onnx"]
+    acc = (attempt["accuracy"] or {}).get("model.onnx") or {}  # not scored when its fidelity broke a budget
     return {"setting": attempt["setting"], "kind": files["model.onnx"]["kind"], "mb": files["model.onnx"]["mb"],
-            "accuracy": acc["accuracy"], "stderr": acc["stderr"], "drop": attempt["drop"],
+            "accuracy": acc.get("accuracy"), "stderr": acc.get("stderr"), "drop": attempt["drop"],
             "drop_ci95": (attempt.get("drop_paired") or {}).get("ci95"),
             "top1_agreement": attempt["fidelity"]["top1_agreement"], "mean_kl": attempt["fidelity"]["mean_kl"],
             "all_positions": attempt["fidelity"].get("all_positions"),
@@ -188,7 +190,7 @@ def _accuracy_latency_plot(report: dict, path: Path, plt) -> None:
     if fp32_ms and acc.get("student_fp32") is not None:
         points.append(("fp32 graph", fp32_ms, acc["student_fp32"], acc["stderr"].get("student_fp32") or 0, False))
     for a in (report.get("export") or {}).get("attempts") or []:
-        if a.get("ms_per_token_p50") is not None:
+        if a.get("ms_per_token_p50") is not None and a["accuracy"] is not None:
             points.append((f"{a['setting']} ({a['kind']})", a["ms_per_token_p50"], a["accuracy"], a["stderr"], a["shipped"]))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, ms, a, err, shipped in points:
@@ -225,6 +227,22 @@ def _accuracy_latency_plot(report: dict, path: Path, plt) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def qat_vs_ptq_lines(comparison: dict | None) -> list[str]:
+    """The QAT-against-PTQ table: per scheme, each arm's quantized file against its own fp32 graph."""
+    if not comparison:
+        return []
+    lines = ["", "## QAT against PTQ", "", f"The same fine-tuning without fake quantization (PTQ) and with the scheme "
+             f"faked (QAT); each file against its own fp32 graph ({comparison['graph']} one) at the decode positions "
+             f"of {comparison['held_out_prompts']} held-out prompts:", "",
+             "| scheme | PTQ: top-1 agreement | PTQ: KL | QAT: top-1 agreement | QAT: KL |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for scheme, arms in comparison["by_scheme"].items():
+        ptq, qat = arms["ptq"], arms["qat"]
+        lines.append(f"| {scheme} | {_fmt(ptq['top1_agreement'])} | {ptq['mean_kl']:.4f} | "
+                     f"{_fmt(qat['top1_agreement'])} | {qat['mean_kl']:.4f} |")
+    return lines
 
 
 def ablation_verdict(ab: dict) -> str:
@@ -304,6 +322,7 @@ def markdown(report: dict, plot_folder: str) -> str:
             lines.append(f"| {key} | {h['mean_preference_score']:.3f} | {h['stderr']:.3f} | "
                          f"{_fmt(h.get('well_formed_question_share'))} | {_fmt(h['well_formed_rationale_share'])} | "
                          f"{styles} | {h['mean_rationale_chars']} |")
+    lines += qat_vs_ptq_lines(report.get("qat_vs_ptq"))
     ref = lat.get("reference") or {}
     lines += ["", "## Latency (edge runtime, target threads)", "", "| figure | value |", "| --- | --- |"]
     for key in ("ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "tokens_per_s", "prompt_tokens_per_s",
@@ -335,9 +354,10 @@ def markdown(report: dict, plot_folder: str) -> str:
             every = a.get("all_positions")
             top1 = f"{100 * a['top1_agreement']:.1f}%" + (f" ({100 * every['top1_agreement']:.1f}%)" if every else "")
             kl = f"{a['mean_kl']:.4f}" + (f" ({every['mean_kl']:.4f})" if every else "")
-            drop = f"{100 * a['drop']:+.1f}" + (f" [{100 * a['drop_ci95'][0]:+.1f}, {100 * a['drop_ci95'][1]:+.1f}]"
-                                                 if a.get("drop_ci95") else "")
-            lines.append(f"| {a['setting']} | {a['kind']} | {a['mb']:.2f} | {_fmt(a['accuracy'])} +- {_fmt(a['stderr'])} "
+            drop = ("not scored (fidelity breaks a budget)" if a["drop"] is None else f"{100 * a['drop']:+.1f}"
+                    + (f" [{100 * a['drop_ci95'][0]:+.1f}, {100 * a['drop_ci95'][1]:+.1f}]" if a.get("drop_ci95") else ""))
+            accuracy = "-" if a["accuracy"] is None else f"{_fmt(a['accuracy'])} +- {_fmt(a['stderr'])}"
+            lines.append(f"| {a['setting']} | {a['kind']} | {a['mb']:.2f} | {accuracy} "
                          f"| {drop} | {top1} | {kl} | {ms} | "
                          f"{'measured only' if a['measured_only'] else 'yes' if a['holds'] else 'no'} | "
                          f"{'**yes**' if a['shipped'] else ''} |")

@@ -117,3 +117,18 @@ def test_the_first_candidate_that_holds_ships_else_the_smallest_drop():
     assert choose([a("target", 0.01, True), head, w8, w4])[0]["setting"] == "target"
     broken = [a("target", 0.08, False), a("lm_head_fp32", 0.06, False), a("w8", 0.07, False), w4]
     assert choose(broken) == (broken[1], False)  # never the measured-only 4-bit file, even with the best drop
+
+
+def test_an_unscored_attempt_never_holds_and_the_most_faithful_ships_when_none_was_scored():
+    # export skips the accuracy pass of a file whose fidelity already breaks a budget: drop None
+    unscored = {"drop": None, "fidelity": {"top1_agreement": 0.99, "mean_kl": 0.001}}
+    assert holds(unscored, load_target("ci-x86")) is False
+
+    def a(name, drop, kl, measured_only=False):
+        return {"setting": name, "drop": drop, "holds": False, "measured_only": measured_only,
+                "fidelity": {"top1_agreement": 0.5, "mean_kl": kl}}
+
+    none_scored = [a("target", None, 0.6), a("lm_head_fp32", None, 0.4), a("w8", None, 0.5), a("w4", 0.01, 0.1, True)]
+    assert choose(none_scored) == (none_scored[1], False)
+    some_scored = [a("target", None, 0.01), a("lm_head_fp32", 0.09, 0.4), a("w8", 0.07, 0.5)]
+    assert choose(some_scored) == (some_scored[2], False)  # a scored file beats an unscored one

@@ -321,7 +321,8 @@ TINY_RECIPE = ["name=tiny", *TASK, "evaluate.test_questions=6", "evaluate.max_ne
                "elicit.rationale_tokens=32", "prefer.preference_questions=4", "prefer.probe_questions=4",
                "prefer.max_new_tokens=32", "align.max_steps=1", "generate.examples=1", "generate.compare_questions=4",
                "generate.compare_preference=4", "distill.max_steps=2", "export.parity_prompts=2",
-               "export.parity_tokens=4", "export.fidelity_tokens=8", "bench.reference_rounds=1"]
+               "export.parity_tokens=4", "export.fusion_check_prompts=2", "export.fidelity_tokens=8",
+               "bench.reference_rounds=1", "elicit.drafts=8", "elicit.max_new_tokens=32", "generate.batch_size=8"]
 
 
 def _plumbing_target(tmp_path) -> str:
@@ -336,6 +337,8 @@ def _plumbing_target(tmp_path) -> str:
     budgets = {"model_bytes_per_param": 2.5, "max_accuracy_drop": 1.0, "max_top1_disagreement": 0.25,
                "max_mean_kl": 0.1}
     path = tmp_path / "ci-x86.toml"
+    text = text.replace(text[text.index("[bench]"): text.index("[budgets]")],  # timing is not what this checks
+                        "[bench]\nprompt_tokens = 64\nnew_tokens = 8\nbatch = 1\nwarmup = 1\nrepeats = 2\n\n")
     path.write_text(text[: text.index("[budgets]")] + "[budgets]\n"
                     + "".join(f"{k} = {v}  # plumbing only\n" for k, v in budgets.items()))
     return str(path)
@@ -361,6 +364,9 @@ def test_a_tiny_recipe_run_ships_a_bundle_that_decodes_in_the_edge_runtime_alone
     assert report["accuracy"]["drop_paired"]["questions"] == 6
     attempts = {a["setting"]: a for a in report["export"]["attempts"]}
     assert not attempts["target"]["holds"] and attempts["target"]["mean_kl"] > 0.1
+    # a file whose fidelity breaks a budget is not scored (it cannot ship); the shipped and the 4-bit files are
+    assert attempts["target"]["accuracy"] is None and attempts["target"]["drop"] is None
+    assert attempts["weight_only_4bit"]["accuracy"] is not None and attempts["weight_only_8bit"]["drop"] is not None
     assert report["export"]["fallback"] == "weight_only_8bit" and attempts["weight_only_8bit"]["shipped"]
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     smoke = manifest["smoke"]

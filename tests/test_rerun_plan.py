@@ -39,3 +39,16 @@ def test_more_ablation_seeds_redo_the_ablation_not_the_student(tmp_path):
     assert redo == ["ablation", "report"]
     redo = [st.name for st, _, must in plan(load_config(None, ["distill.max_steps=7"]), run, digest) if must]
     assert redo == ["distill", "ablation", "export", "bench", "report"]
+
+
+def test_the_qat_vs_ptq_arms_redo_the_ablation_not_the_student_and_export_keys_it_never_reads_leave_it(tmp_path):
+    run = RunDir(tmp_path / "run")
+    digest = target_hash(load_target("ci-x86"))
+    _finish_all(run, load_config(), digest)
+    redo = [st.name for st, _, must in plan(load_config(None, ["distill.compare_ptq=true"]), run, digest) if must]
+    assert redo == ["ablation", "report"]
+    redo = [st.name for st, _, must in plan(load_config(None, ["export.parity_prompts=3"]), run, digest) if must]
+    assert redo == ["export", "bench", "report"]
+    # the arms' fidelity is measured like the export's: its prompts and tokens are the ablation's inputs too
+    redo = [st.name for st, _, must in plan(load_config(None, ["export.fidelity_tokens=9"]), run, digest) if must]
+    assert redo == ["ablation", "export", "bench", "report"]

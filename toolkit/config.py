@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
@@ -154,7 +154,16 @@ class DistillConfig(Section):
     batch_size: int = Field(32, ge=1)
     ablation_seeds: int = Field(3, ge=0, description="seeds for the original-vs-aligned teacher comparison; 0 "
                                 "skips it (the report says so): each seed is 2-3 more trainings")
+    compare_ptq: bool = Field(False, description="also train the student without fake quantization (PTQ) and with "
+                              "the 4-bit scheme faked, and measure each file's fidelity to its own fp32 graph under "
+                              "the target's scheme and 4-bit blocks (report.json `qat_vs_ptq`); two more trainings")
     use_annotations: bool = Field(False, description="mix TeacherLM-annotated data into SFT")
+
+    @model_validator(mode="after")
+    def _qat_to_compare(self) -> "DistillConfig":
+        if self.compare_ptq and not self.qat:
+            raise ValueError("compare_ptq needs qat: true (the shipped QAT student is one arm of the comparison)")
+        return self
 
 
 class EvalConfig(Section):
@@ -173,13 +182,15 @@ class EvalConfig(Section):
 class ExportConfig(Section):
     parity_prompts: int = Field(8, ge=1, description="task prompts for the fp32 ONNX vs PyTorch parity check")
     parity_tokens: int = Field(16, ge=1, description="greedy tokens compared per parity prompt")
+    fusion_check_prompts: int = Field(8, ge=1, description="test prompts on which the attention-fused fp32 graph must "
+                                      "decode the exported graph's greedy tokens (32 each) before it ships")
     calibration_samples: int = Field(64, ge=1, description="task prompts for static INT8 calibration")
     fidelity_prompts: int = Field(32, ge=1, description="held-out (preference split) prompts whose every position "
                                   "compares the quantized graph with fp32: top-1 agreement and KL")
     fidelity_tokens: int = Field(32, ge=1, description="fp32 greedy tokens appended to each fidelity prompt")
     try_all: bool = Field(True, description="measure every candidate quantization (target, head fp32, 8-bit blocks) "
                           "even after one holds the budgets, for the report; false stops at the first that holds "
-                          "(each candidate costs one pass over the test split)")
+                          "(each faithful candidate costs one pass over the test split; one that breaks the fidelity budgets is not scored)")
 
 
 class BenchConfig(Section):

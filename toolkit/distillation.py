@@ -48,8 +48,9 @@ def kd_teacher(cfg: RunConfig, run_dir: RunDir, which: str, student):
     return teacher.model
 
 
-def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, qat: bool):
-    task = load_task(cfg.task)
+def train_on(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, quant):
+    """The student fine-tuned on one teacher's rows (annotations included where configured), with `quant`'s
+    fake quantization (None: plain LoRA SFT); returns (model, tokenizer, training record)."""
     rows = training_rows(cfg, run_dir, teacher)
     if not rows:
         from .errors import InputError
@@ -57,12 +58,18 @@ def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: in
         raise InputError(run_dir.stage_dir("generate") / f"{teacher}.jsonl", None,
                          "no training examples: the teacher wrote no answer-consistent data (see the generate record)")
     student = load_model(cfg.student, cfg.device)
-    quant = load_target(cfg.target).quant if qat else None
     model, record = train_student(student.model, student.tokenizer, rows, cfg.distill, quant=quant, seed=seed,
                                   device=cfg.device, workdir=workdir, teacher=kd_teacher(cfg, run_dir, teacher, student))
+    return model, student.tokenizer, record
+
+
+def distill_and_evaluate(cfg: RunConfig, run_dir: RunDir, teacher: str, seed: int, workdir, qat: bool):
+    task = load_task(cfg.task)
+    quant = load_target(cfg.target).quant if qat else None
+    model, tokenizer, record = train_on(cfg, run_dir, teacher, seed, workdir, quant)
     ev = cfg.evaluate
-    result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
+    result = evaluate_model(model, tokenizer, task, task.test[: ev.test_questions],
                             max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
                             tools=student_tools(ev.calculator, task),
                             description=f"student ({teacher} data, seed {seed}) on test")
-    return model, student.tokenizer, record, result
+    return model, tokenizer, record, result

@@ -55,9 +55,13 @@ STAGES: tuple[Stage, ...] = (
           needs=("align",), sections=("generate", "elicit", "prefer", "evaluate")),
     Stage("distill", "LoRA SFT of the student on the aligned teacher's data, with the target's QAT",
           needs=("generate",), sections=("distill", "evaluate"), uses_target=True,
-          ignores=("distill.ablation_seeds",)),  # `ablation` reads it: more seeds must not retrain the student
-    Stage("ablation", "student trained on original vs aligned teacher data, several seeds",
-          needs=("distill", "baseline"), sections=("distill", "evaluate"), uses_target=True),
+          # `ablation` reads these: more seeds or the QAT-vs-PTQ arms must not retrain the student
+          ignores=("distill.ablation_seeds", "distill.compare_ptq")),
+    Stage("ablation", "student trained on original vs aligned teacher data, several seeds; with "
+          "distill.compare_ptq, QAT against PTQ",
+          needs=("distill", "baseline"), sections=("distill", "evaluate", "export"), uses_target=True,
+          # the QAT-vs-PTQ arms read the fidelity and calibration keys, never these
+          ignores=("export.parity_prompts", "export.parity_tokens", "export.fusion_check_prompts", "export.try_all")),
     Stage("export", "ONNX export (Optimum, KV cache), fp32 parity, quantization per target, INT8 accuracy",
           needs=("distill",), sections=("export", "evaluate"), uses_target=True),
     Stage("bench", "latency on the edge runtime with the target's shapes, and the PyTorch fp32 reference",

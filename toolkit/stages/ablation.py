@@ -2,7 +2,7 @@
 aligned teacher's data, and on the task's gold rationales (the ceiling), with the same budget and
 recipe as `distill`, over several seeds; the difference aligned - original is paired (same seeds, same
 test questions) with a bootstrap interval. The trainings run side by side on a multi-core CPU
-(`edge_tailor.parallel`)."""
+(`edge_tailor.parallel`). With `distill.compare_ptq`, also QAT against PTQ (`edge_tailor.qat_vs_ptq`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,17 @@ def _summary(correct: dict[int, list[bool]]) -> dict:
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if cfg.distill.ablation_seeds == 0:
-        return {"metrics": {"skipped": "distill.ablation_seeds is 0: no original-vs-aligned comparison was trained"}}
+        metrics = {"skipped": "distill.ablation_seeds is 0: no original-vs-aligned comparison was trained"}
+    else:
+        metrics = _teachers(cfg, run_dir)
+    if cfg.distill.compare_ptq:
+        from ..qat_vs_ptq import compare
+
+        metrics["qat_vs_ptq"] = compare(cfg, run_dir, run_dir.stage_dir("ablation") / "qat_vs_ptq")
+    return {"metrics": metrics}
+
+
+def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     seeds = [cfg.seed + i for i in range(cfg.distill.ablation_seeds)]
     gold_examples = len(gold_rows(cfg, run_dir))
     arms = [*TEACHERS, *([GOLD] if gold_examples else [])]
@@ -59,4 +69,4 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if before:
         out["student_before"] = before["metrics"]["student_before"]["accuracy"]
     out["workers"] = workers
-    return {"metrics": out}
+    return out
