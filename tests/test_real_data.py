@@ -113,7 +113,7 @@ def test_baseline_decodes_once_when_the_teacher_is_the_student(tmp_path, monkeyp
     assert calls == ["teacher on test", "student on test"]
 
 
-def test_fidelity_prompts_skip_training_questions_and_say_when_none_is_left(tmp_path):
+def test_fidelity_prompts_skip_training_questions_prefer_unscored_ones_and_say_when_none_is_left(tmp_path):
     from edge_tailor.config import load_config
     from edge_tailor.errors import InputError
     from edge_tailor.rundir import RunDir, write_jsonl
@@ -131,7 +131,11 @@ def test_fidelity_prompts_skip_training_questions_and_say_when_none_is_left(tmp_
     write_jsonl(run.stage_dir("generate") / "aligned.jsonl", [])
     annotated = [{"question": ex.question, "completion": "x"} for ex in task.preference]
     write_jsonl(run.stage_dir("elicit") / "annotated.jsonl", annotated)
-    assert held_out_prompts(cfg, run, task) == [task.prompt(ex.question) for ex in task.test[6:]]
+    assert held_out_prompts(cfg, run, task) == [task.prompt(ex.question) for ex in task.test[6:] + task.test[:6]]
+    # every test question scored: the scored ones are still held out from training, unscored ones first
     everything = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"test_questions": len(task.test)})})
+    assert held_out_prompts(everything, run, task) == [task.prompt(ex.question) for ex in task.test]
+    write_jsonl(run.stage_dir("generate") / "aligned.jsonl",
+                [{"prompt": task.prompt(ex.question), "completion": "x"} for ex in task.test])
     with pytest.raises(InputError, match="no held-out prompt left for the fidelity check"):
-        held_out_prompts(everything, run, task)
+        held_out_prompts(cfg, run, task)

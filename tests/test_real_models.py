@@ -321,7 +321,8 @@ TINY_RECIPE = ["name=tiny", *TASK, "evaluate.test_questions=6", "evaluate.max_ne
                "elicit.rationale_tokens=32", "prefer.preference_questions=4", "prefer.probe_questions=4",
                "prefer.max_new_tokens=32", "align.max_steps=1", "generate.examples=1", "generate.compare_questions=4",
                "generate.compare_preference=4", "distill.max_steps=2", "export.parity_prompts=2",
-               "export.parity_tokens=4", "export.fusion_check_prompts=2", "export.fidelity_tokens=8",
+               "export.parity_tokens=4", "export.fusion_check_prompts=2", "export.fidelity_prompts=2",
+               "export.fidelity_tokens=8",
                "bench.reference_rounds=1", "elicit.drafts=8", "elicit.max_new_tokens=32", "generate.batch_size=8"]
 
 

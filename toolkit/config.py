@@ -185,8 +185,9 @@ class ExportConfig(Section):
     fusion_check_prompts: int = Field(8, ge=1, description="test prompts on which the attention-fused fp32 graph must "
                                       "decode the exported graph's greedy tokens (32 each) before it ships")
     calibration_samples: int = Field(64, ge=1, description="task prompts for static INT8 calibration")
-    fidelity_prompts: int = Field(32, ge=1, description="held-out (preference split) prompts whose every position "
-                                  "compares the quantized graph with fp32: top-1 agreement and KL")
+    fidelity_prompts: int = Field(32, ge=1, description="prompts the student never trained on (preference split, "
+                                  "unscored then scored test questions) whose positions compare the quantized graph "
+                                  "with fp32: top-1 agreement and KL")
     fidelity_tokens: int = Field(32, ge=1, description="fp32 greedy tokens appended to each fidelity prompt")
     try_all: bool = Field(True, description="measure every candidate quantization (target, head fp32, 8-bit blocks) "
                           "even after one holds the budgets, for the report; false stops at the first that holds "

@@ -140,20 +140,21 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
 
 def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
-    """Prompts for fidelity that the student neither trained on (annotated preference questions are training
-    data) nor is scored on: the preference split, then the test split beyond `evaluate.test_questions`."""
+    """Prompts for fidelity that the student never trained on (annotated preference questions are training
+    data): the preference split, the test split beyond `evaluate.test_questions`, then the scored test
+    questions, so a task whose every test question is scored still has held-out prompts."""
     from ..distillation import training_rows
 
     from ..errors import InputError
 
     trained = {row["prompt"] for row in training_rows(cfg, run_dir, "aligned")}
-    pool = task.preference + task.test[cfg.evaluate.test_questions:]
+    scored = cfg.evaluate.test_questions
+    pool = task.preference + task.test[scored:] + task.test[:scored]
     prompts = [p for p in (task.prompt(ex.question) for ex in pool) if p not in trained]
     if not prompts:
-        raise InputError("config", "evaluate.test_questions",
-                         f"no held-out prompt left for the fidelity check: the {len(task.preference)} preference "
-                         f"questions are training data and the test split has no question beyond the first "
-                         f"{cfg.evaluate.test_questions}; lower evaluate.test_questions")
+        raise InputError(run_dir.stage_dir("generate") / "aligned.jsonl", None,
+                         f"no held-out prompt left for the fidelity check: the student trained on every one of the "
+                         f"{len(task.preference)} preference and {len(task.test)} test questions")
     return prompts[: cfg.export.fidelity_prompts]
 
 
