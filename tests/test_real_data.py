@@ -117,7 +117,7 @@ def test_fidelity_prompts_skip_training_questions_prefer_unscored_ones_and_say_w
     from edge_tailor.config import load_config
     from edge_tailor.errors import InputError
     from edge_tailor.rundir import RunDir, write_jsonl
-    from edge_tailor.stages.export import held_out_prompts
+    from edge_tailor.distillation import held_out_prompts
     from edge_tailor.tasks import load_task
 
     path, cot = BBH / "tasks" / "boolean_expressions.json", BBH / "cot-prompts" / "boolean_expressions.txt"

@@ -36,6 +36,23 @@ def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:
     return rows
 
 
+def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
+    """Prompts for fidelity that the student never trained on (annotated preference questions are training
+    data): the preference split, the test split beyond `evaluate.test_questions`, then the scored test
+    questions, so a task whose every test question is scored still has held-out prompts."""
+    from .errors import InputError
+
+    trained = {row["prompt"] for row in training_rows(cfg, run_dir, "aligned")}
+    scored = cfg.evaluate.test_questions
+    pool = task.preference + task.test[scored:] + task.test[:scored]
+    prompts = [p for p in (task.prompt(ex.question) for ex in pool) if p not in trained]
+    if not prompts:
+        raise InputError(run_dir.stage_dir("generate") / "aligned.jsonl", None,
+                         f"no held-out prompt left for the fidelity check: the student trained on every one of the "
+                         f"{len(task.preference)} preference and {len(task.test)} test questions")
+    return prompts[: cfg.export.fidelity_prompts]
+
+
 def kd_teacher(cfg: RunConfig, run_dir: RunDir, which: str, student):
     """The teacher whose data this is (aligned or original), when logit distillation is on."""
     if not cfg.distill.logit_distillation.enabled or which == GOLD:

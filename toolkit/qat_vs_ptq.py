@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from .config import RunConfig
-from .distillation import train_on
+from .distillation import held_out_prompts, train_on
 from .progress import console
 from .rundir import RunDir
 from .target import Target, load_target
@@ -49,7 +49,6 @@ def compare(cfg: RunConfig, run_dir: RunDir, folder: Path) -> dict:
     """Train the arms `distill` did not, measure every arm under its schemes; the large files are removed."""
     from .export.fidelity import decode_starts, fidelity, reference_sequences
     from .export.quantize import quantize_for_target
-    from .stages.export import held_out_prompts
     from .tasks import load_task
 
     target = load_target(cfg.target)

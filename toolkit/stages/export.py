@@ -69,6 +69,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     from ..export.fusion import graph_to_ship
     from ..export.onnx_export import check_parity
     from ..export.quantize import quantize_for_target
+    from ..distillation import held_out_prompts
     from ..qat_vs_ptq import export_student
 
     folder = run_dir.stage_dir("export")
@@ -137,25 +138,6 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                         "fidelity": chosen["fidelity"], "student_int8": chosen["accuracy"]["model.onnx"],
                         "weight_only": {k: v for k, v in chosen["accuracy"].items() if k != "model.onnx"},
                         "accuracy_drop": chosen["drop"], "accuracy_drop_paired": chosen["drop_paired"]}}
-
-
-def held_out_prompts(cfg: RunConfig, run_dir: RunDir, task) -> list[str]:
-    """Prompts for fidelity that the student never trained on (annotated preference questions are training
-    data): the preference split, the test split beyond `evaluate.test_questions`, then the scored test
-    questions, so a task whose every test question is scored still has held-out prompts."""
-    from ..distillation import training_rows
-
-    from ..errors import InputError
-
-    trained = {row["prompt"] for row in training_rows(cfg, run_dir, "aligned")}
-    scored = cfg.evaluate.test_questions
-    pool = task.preference + task.test[scored:] + task.test[:scored]
-    prompts = [p for p in (task.prompt(ex.question) for ex in pool) if p not in trained]
-    if not prompts:
-        raise InputError(run_dir.stage_dir("generate") / "aligned.jsonl", None,
-                         f"no held-out prompt left for the fidelity check: the student trained on every one of the "
-                         f"{len(task.preference)} preference and {len(task.test)} test questions")
-    return prompts[: cfg.export.fidelity_prompts]
 
 
 def _paired_drop(run_dir: RunDir, quantized: list[bool]) -> dict | None:
