@@ -40,8 +40,9 @@ def stage_summaries(rec: dict[str, dict]) -> dict[str, str]:
                          f"mean score by technique {p['score_by_technique']}")
     if a:
         margins = a.get("reward_margin") or [None]
+        seeds = len(a.get("teacher_seeds") or {}) or 1
         out["align"] = a.get("skipped") or (f"{a['pairs']} pairs, {a.get('steps')} DPO steps, reward margin "
-                                             f"{margins[0]} -> {margins[-1]}")
+                                             f"{margins[0]} -> {margins[-1]} (first of {seeds} teacher seeds)")
     if g:
         out["generate"] = (f"{g.get('budget')} training examples per teacher (equal budgets); "
                            f"{g.get('workers', 1)} process(es)")
@@ -50,8 +51,8 @@ def stage_summaries(rec: dict[str, dict]) -> dict[str, str]:
                           f"QAT {'on' if d.get('qat') else 'off'} ({d['training']['fake_quantized_linears']} "
                           "fake-quantized linears)")
     if ab.get("original_teacher"):
-        out["ablation"] = (f"{2 * len(ab['original_teacher']['seeds']) - 1} trainings besides `distill`'s, "
-                           f"{ab.get('workers', 1)} at a time")
+        trainings = ab.get("trainings", 2 * len(ab["original_teacher"]["seeds"]) - 1)
+        out["ablation"] = f"{trainings} trainings besides `distill`'s, {ab.get('workers', 1)} at a time"
     if x:
         out["export"] = (f"parity max logit diff {x['parity']['max_abs_logit_diff']:.1e}, greedy "
                          f"{x['parity']['greedy_match']}/{x['parity']['prompts']}; quantization '{x['chosen']}'")
@@ -91,9 +92,11 @@ def assemble(run: RunDir, target_name: str) -> dict:
                      "original_teacher": rec["ablation"].get("original_teacher"),
                      "aligned_teacher": rec["ablation"].get("aligned_teacher"),
                      "gold": rec["ablation"].get("gold"),
-                     # aligned - original, paired by student seed and test question, with a bootstrap 95% interval
+                     # aligned - original, paired by student seed and test question (resampling teacher seeds,
+                     # student seeds and questions), with a bootstrap 95% interval
                      "difference": rec["ablation"].get("difference"),
                      "aligned_share_of_gold": rec["ablation"].get("aligned_share_of_gold"),
+                     "trainings": rec["ablation"].get("trainings"),
                      "student_before": accuracy["student_before"]},
         "latency": latency,
         "alignment": {"held_out": rec["generate"].get("held_out"), "pairs": rec["align"].get("pairs"),
@@ -253,8 +256,9 @@ def ablation_verdict(ab: dict) -> str:
         low, high = d["ci95"]
         verdict = ("the aligned teacher's data taught more" if low > 0 else
                    "the original teacher's data taught more" if high < 0 else "no difference the interval can tell from 0")
+        teachers = f"{d['n']['teacher_seeds']} teacher seeds x " if "teacher_seeds" in d["n"] else ""
         return (f"Aligned minus original teacher's data: {100 * d['mean']:+.1f} points, 95% interval "
-                f"[{100 * low:+.1f}, {100 * high:+.1f}] ({d['method']}: {d['n']['seeds']} seeds x "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}] ({d['method']}: {teachers}{d['n']['seeds']} student seeds x "
                 f"{d['n']['questions']} questions, {d['resamples']} resamples): {verdict}.")
     a, o = ab["aligned_teacher"], ab["original_teacher"]
     diff = a["mean"] - o["mean"]
@@ -306,6 +310,10 @@ def markdown(report: dict, plot_folder: str) -> str:
         if ab.get(key):
             lines.append(f"| {label} | {_fmt(ab[key]['mean'])} | {_fmt(ab[key]['std'])} | "
                          f"{', '.join(_fmt(s) for s in ab[key]['seeds'])} |")
+        by_teacher = (ab.get(key) or {}).get("by_teacher_seed") or {}
+        for k, runs in by_teacher.items() if len(by_teacher) > 1 else ():
+            lines.append(f"| - teacher seed {k} (DPO run {int(k) + 1}) | {_fmt(runs['mean'])} | {_fmt(runs['std'])} | "
+                         f"{', '.join(_fmt(s) for s in runs['seeds'])} |")
     if ab.get("original_teacher") and ab.get("aligned_teacher"):
         lines += ["", ablation_verdict(ab)]
     if ab.get("aligned_share_of_gold") is not None:

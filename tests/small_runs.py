@@ -1,7 +1,7 @@
 """Stage sizes for end-to-end tests on the embedded world: every stage runs, each in seconds."""
 
 TINY = {"threads": 1, "elicit.drafts": 12, "elicit.batch_size": 24, "prefer.preference_questions": 16,
-        "prefer.probe_demos": 3, "align.max_steps": 4, "align.batch_size": 4, "generate.examples": 24,
+        "prefer.probe_demos": 3, "align.max_steps": 4, "align.seeds": 2, "align.batch_size": 4, "generate.examples": 24,
         "generate.compare_questions": 6, "generate.compare_preference": 8, "distill.max_steps": 6,
         "distill.batch_size": 8, "distill.ablation_seeds": 2, "evaluate.test_questions": 24,
         "export.parity_prompts": 2, "bench.reference_rounds": 1}

@@ -55,6 +55,20 @@ def test_dpo_trains_the_adapter_and_raises_the_margin(tmp_path):
     assert history[-1]["rewards/margins"] > history[0]["rewards/margins"]
 
 
+def test_the_teacher_seed_alone_decides_the_adapter(tmp_path):
+    """`align.seeds` runs DPO once per teacher seed: the same seed must give the same adapter (the ablation's
+    teacher-side spread is then the seeds', not noise), another seed another one (LoRA init and pair order)."""
+    from safetensors.torch import load_file
+
+    pairs, cfg = _pairs_and_config(8, "terse", max_steps=2, seed=2)
+    weights = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        train_dpo(cfg, pairs, tmp_path / name, seed=seed)
+        weights[name] = load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+
+
 def test_a_second_round_trains_on_top_of_the_first(tmp_path):
     """Round 2's DPO starts from the round-1 teacher (its reference), and the teacher `generate` loads
     merges both adapters in order."""

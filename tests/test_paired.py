@@ -55,3 +55,25 @@ def test_unpaired_inputs_are_refused():
         paired_difference({0: [True]}, {1: [True]})
     with pytest.raises(ValueError, match="same questions"):
         paired_difference({0: [True, False]}, {0: [True]})
+
+
+def test_teacher_seeds_are_paired_with_the_same_control_and_their_spread_widens_the_interval():
+    rng = np.random.default_rng(5)
+    control = _arm(rng, {0: 0.5, 1: 0.5, 2: 0.5}, 1000)
+    agreeing = {t: _arm(rng, {0: 0.6, 1: 0.6, 2: 0.6}, 1000) for t in range(3)}
+    split = {t: _arm(rng, {0: p, 1: p, 2: p}, 1000) for t, p in enumerate((0.45, 0.6, 0.75))}
+    d = paired_difference(agreeing, control, resamples=2000)
+    assert d["n"] == {"teacher_seeds": 3, "seeds": 3, "questions": 1000, "pairs": 9000}
+    assert 0.05 < d["ci95"][0] < 0.10 < d["ci95"][1] < 0.15 and "teacher seeds" in d["method"]
+    width = lambda d: d["ci95"][1] - d["ci95"][0]  # noqa: E731
+    # the same mean difference, but one teacher seed's data hurt: only resampling teachers can see that
+    assert width(paired_difference(split, control)) > 3 * width(d)
+    # one teacher seed is the two-level bootstrap
+    assert paired_difference({0: agreeing[0]}, control)["ci95"] == paired_difference(agreeing[0], control)["ci95"]
+
+
+def test_a_teacher_seed_missing_a_student_seed_drops_that_seed():
+    rng = np.random.default_rng(6)
+    control = _arm(rng, {0: 0.5, 1: 0.5}, 50)
+    d = paired_difference({0: _arm(rng, {0: 0.5, 1: 0.5}, 50), 1: _arm(rng, {0: 0.5}, 50)}, control)
+    assert d["n"]["seeds"] == 1

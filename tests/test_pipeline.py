@@ -47,9 +47,13 @@ def test_report_has_the_contract_keys(run_dir):
     assert {"mean", "std", "seeds"} <= report["ablation"]["aligned_teacher"].keys()
     ab = report["ablation"]
     assert len(ab["original_teacher"]["seeds"]) == len(ab["gold"]["seeds"]) == 2
+    # two teacher seeds (two DPO runs, each writing its own data) x two student seeds in the aligned arm
+    assert len(ab["aligned_teacher"]["seeds"]) == 4 and set(ab["aligned_teacher"]["by_teacher_seed"]) == {"0", "1"}
+    assert ab["trainings"] == 2 * 4 - 1  # original, aligned x 2, gold: 2 student seeds each, less distill's run
     # paired over the same seeds and questions: the mean difference is the difference of the means
     d = ab["difference"]
-    assert d["n"]["seeds"] == 2 and d["n"]["questions"] == report["accuracy"]["test_questions"]
+    assert d["n"] == {"teacher_seeds": 2, "seeds": 2, "questions": report["accuracy"]["test_questions"],
+                      "pairs": 4 * report["accuracy"]["test_questions"]}
     assert d["mean"] == pytest.approx(ab["aligned_teacher"]["mean"] - ab["original_teacher"]["mean"], abs=2e-4)
     assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
     assert ab["gold"]["examples"] > 0
@@ -72,7 +76,13 @@ def test_stage_records_hold_the_counts(run_dir):
     (second,) = align["rounds"]
     assert second["round"] == 2 and second["drafts"] > 0 and sum(second["pairs"].values()) > 0
     assert second["loss"] and (run_dir / "align" / "round2" / "adapter" / "adapter_config.json").exists()
-    assert set(generate["data"]) == {"original", "aligned"}
+    # the second teacher seed aligned its own teacher through both rounds, in its own folder, and wrote its own data
+    (other,) = align["teacher_seeds"]["1"]["rounds"]
+    assert other["round"] == 2 and (run_dir / "align" / "seed1" / "round2" / "adapter" / "adapter_config.json").exists()
+    assert align["teacher_seeds"]["0"]["loss"] == align["loss"]
+    assert set(generate["data"]) == set(generate["held_out"]) == {"original", "aligned", "aligned-seed1"}
+    rows = {w: (run_dir / "generate" / f"{w}.jsonl").read_text().splitlines() for w in generate["data"]}
+    assert len({len(r) for r in rows.values()}) == 1 and rows["aligned"] != rows["aligned-seed1"]
 
 
 def test_bundle_verifies_and_rerun_skips_everything(run_dir, capsys):

@@ -96,6 +96,11 @@ class AlignConfig(Section):
     batch_size: int = Field(8, ge=1)
     rounds: int = Field(1, ge=1, le=8, description="ARTE rounds: 2+ elicits, scores and aligns again from the "
                         "aligned teacher (each round stacks a LoRA adapter; ~4 min per round on the default)")
+    seeds: int = Field(3, ge=1, le=16, description="teacher-side seeds: DPO runs from seeds seed, seed+1, ... (pairs "
+                       "sampled, LoRA initialised and data ordered by each), every aligned teacher writing its own data; "
+                       "the first one's data trains the shipped student, all of them the ablation's aligned arm, whose "
+                       "interval then covers the teacher-side spread (ARTE's effect is a property of DPO runs, not of "
+                       "one); 1 where the ablation is skipped")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="paper: 10% warm-up then cosine")
     nll_anchor: bool = Field(True, description="add an SFT loss on the chosen side (keeps the format)")
     min_score_gap: float = Field(0.04, ge=0, description="drop rationale pairs whose scores differ less")

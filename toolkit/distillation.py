@@ -58,9 +58,12 @@ def kd_teacher(cfg: RunConfig, run_dir: RunDir, which: str, student):
     if not cfg.distill.logit_distillation.enabled or which == GOLD:
         return None
     from .logit_kd import check_shared_vocabulary
+    from .tailored import teacher_seed_of
     from .teacher import load_teacher
 
-    teacher = load_teacher(cfg, run_dir) if which == "aligned" else load_model(cfg.teacher, cfg.device)
+    teacher_seed = teacher_seed_of(which)
+    teacher = (load_model(cfg.teacher, cfg.device) if teacher_seed is None
+               else load_teacher(cfg, run_dir, teacher_seed=teacher_seed))
     check_shared_vocabulary(student.model, teacher.model, cfg.student.path, cfg.teacher.path)
     return teacher.model
 

@@ -15,7 +15,7 @@ from .prompt_format import format_of
 from .teacher import load_teacher
 
 
-def dpo_config(cfg: RunConfig, output_dir: str) -> DPOConfig:
+def dpo_config(cfg: RunConfig, output_dir: str, seed: int | None = None) -> DPOConfig:
     ac = cfg.align
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     return DPOConfig(
@@ -26,8 +26,9 @@ def dpo_config(cfg: RunConfig, output_dir: str) -> DPOConfig:
         loss_type=["sigmoid", "sft"] if ac.nll_anchor else ["sigmoid"],
         loss_weights=[1.0, 1.0] if ac.nll_anchor else None,
         logging_steps=max(1, ac.max_steps // 16) if ac.max_steps > 0 else 5, save_strategy="no", report_to=[],
-        seed=cfg.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), max_length=512,
-        dataloader_num_workers=0, disable_tqdm=hide_library_bars())
+        seed=cfg.seed if seed is None else seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), max_length=512,
+        dataloader_num_workers=0, disable_tqdm=hide_library_bars(),
+        gradient_checkpointing=cuda)  # as in sft_arguments: recomputation buys GPU memory, on a CPU only time
 
 
 def expose_backbone(model) -> None:
@@ -42,8 +43,10 @@ def expose_backbone(model) -> None:
         model.base_model_prefix = "model"
 
 
-def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None = None) -> tuple[object, list[dict]]:
-    """DPO with a new LoRA adapter on the teacher (with earlier rounds' adapters merged in: the reference)."""
+def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None = None,
+              seed: int | None = None) -> tuple[object, list[dict]]:
+    """DPO with a new LoRA adapter on the teacher (with earlier rounds' adapters merged in: the reference);
+    `seed` (default: the run's) initialises the adapter and orders the pairs."""
     spec = cfg.teacher
     if cfg.align.load_in_4bit is True or (cfg.align.load_in_4bit == "auto" and torch.cuda.is_available()):
         spec = spec.model_copy(update={"load_in_4bit": True})
@@ -52,10 +55,11 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None 
     expose_backbone(teacher.model)
     lora = LoraConfig(r=cfg.align.lora_r, lora_alpha=cfg.align.lora_alpha, target_modules="all-linear",
                       lora_dropout=0.0, task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed if seed is None else seed)  # trl wraps the model in LoRA before the Trainer seeds
     fmt = format_of(teacher.tokenizer)  # trl tokenizes with the tokenizer's defaults: BOS added there
     data = Dataset.from_list([{"prompt": fmt.render(p["prompt"], with_bos=False), "chosen": p["chosen"],
                                "rejected": p["rejected"]} for p in pairs])
-    trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer")), train_dataset=data,
+    trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer"), seed), train_dataset=data,
                          processing_class=teacher.tokenizer, peft_config=lora)
     trainer.train()
     trainer.save_model(str(output_dir / "adapter"))  # adapter + tokenizer, written by the main process only

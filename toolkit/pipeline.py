@@ -48,16 +48,16 @@ STAGES: tuple[Stage, ...] = (
           sections=("elicit",)),
     Stage("prefer", "score each draft by the student's one-shot accuracy on a preference set (ARTE 2)",
           needs=("elicit",), sections=("prefer", "evaluate")),
-    Stage("align", "DPO + LoRA on the teacher with question- and rationale-level pairs (ARTE 3); with "
-          "align.rounds > 1, elicit, prefer and align again from the aligned teacher",
+    Stage("align", "DPO + LoRA on the teacher with question- and rationale-level pairs (ARTE 3), once per "
+          "teacher seed; with align.rounds > 1, elicit, prefer and align again from the aligned teacher",
           needs=("prefer",), sections=("align", "elicit", "prefer", "evaluate")),
-    Stage("generate", "aligned and original teacher write the training data; measure the change (ARTE 4)",
+    Stage("generate", "aligned teachers and the original one write the training data; measure the change (ARTE 4)",
           needs=("align",), sections=("generate", "elicit", "prefer", "evaluate")),
     Stage("distill", "LoRA SFT of the student on the aligned teacher's data, with the target's QAT",
           needs=("generate",), sections=("distill", "evaluate"), uses_target=True,
           # `ablation` reads these: more seeds or the QAT-vs-PTQ arms must not retrain the student
           ignores=("distill.ablation_seeds", "distill.compare_ptq")),
-    Stage("ablation", "student trained on original vs aligned teacher data, several seeds; with "
+    Stage("ablation", "student trained on original vs aligned teacher data and gold rationales, several seeds; with "
           "distill.compare_ptq, QAT against PTQ",
           needs=("distill", "baseline"), sections=("distill", "evaluate", "export"), uses_target=True,
           # the QAT-vs-PTQ arms read the fidelity and calibration keys, never these

@@ -23,7 +23,11 @@ def sft_arguments(dc: DistillConfig, output_dir: str, seed: int, device: str) ->
                 learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
                 logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
                 data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                max_length=256, dataloader_num_workers=0, disable_tqdm=hide_library_bars())
+                max_length=256, dataloader_num_workers=0, disable_tqdm=hide_library_bars(),
+                # trl 1.16 turns checkpointing on by default: it saves GPU memory by recomputing the forward pass,
+                # which on a CPU costs time and saves memory no run here lacks (default student, 30 steps: 18.4 s
+                # with it, 12.2 s without)
+                gradient_checkpointing=cuda)
 
 
 def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SFTConfig:

@@ -14,6 +14,27 @@ from .tasks.splits import held_out_questions
 from .teaching import draft_questions, require_drafts, write_rationales
 
 TEACHERS = ("original", "aligned")  # whose data: the base teacher, or the one with the `align` adapters merged in
+ALIGNED = "aligned"
+
+
+def aligned_arms(cfg: RunConfig) -> list[str]:
+    """The data of each teacher-side seed's aligned teacher: `aligned` (the first seed's, which trains the
+    shipped student), then `aligned-seed1`, ..."""
+    return [ALIGNED] + [f"{ALIGNED}-seed{k}" for k in range(1, cfg.align.seeds)]
+
+
+def teacher_seed_of(arm: str) -> int | None:
+    """The teacher-side seed whose aligned teacher wrote `arm`'s data; None for the original teacher or gold."""
+    if arm == ALIGNED:
+        return 0
+    if arm.startswith(f"{ALIGNED}-seed"):
+        return int(arm.removeprefix(f"{ALIGNED}-seed"))
+    return None
+
+
+def data_teachers(cfg: RunConfig) -> list[str]:
+    """Every teacher `generate` runs: the original, then each aligned one."""
+    return ["original", *aligned_arms(cfg)]
 
 
 def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> tuple[list[dict], dict]:

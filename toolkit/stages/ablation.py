@@ -1,8 +1,9 @@
-"""Stage `ablation`: what ARTE bought. The same student, SFT on the original teacher's data vs the
-aligned teacher's data, and on the task's gold rationales (the ceiling), with the same budget and
-recipe as `distill`, over several seeds; the difference aligned - original is paired (same seeds, same
-test questions) with a bootstrap interval. The trainings run side by side on a multi-core CPU
-(`edge_tailor.parallel`). With `distill.compare_ptq`, also QAT against PTQ (`edge_tailor.qat_vs_ptq`)."""
+"""Stage `ablation`: what ARTE bought. The same student, SFT on the original teacher's data vs each aligned
+teacher's data (one per teacher-side seed, `align.seeds`), and on the task's gold rationales (the ceiling),
+with the same budget and recipe as `distill`, over several student seeds; the difference aligned - original
+is paired (same student seeds, same test questions) with a bootstrap interval over teacher seeds, student
+seeds and questions. The trainings run side by side on a multi-core CPU (`edge_tailor.parallel`). With
+`distill.compare_ptq`, also QAT against PTQ (`edge_tailor.qat_vs_ptq`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..distillation import CORRECT_FILE, GOLD, distill_and_evaluate, gold_rows
 from ..paired import paired_difference
 from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir, write_json_atomic
-from ..tailored import TEACHERS
+from ..tailored import ALIGNED, aligned_arms
 
 
 def _correct(cfg: RunConfig, run_dir: RunDir, arm: str, seed: int) -> list[bool]:
@@ -23,8 +24,8 @@ def _correct(cfg: RunConfig, run_dir: RunDir, arm: str, seed: int) -> list[bool]
     return [bool(c) for c in result["correct"]]
 
 
-def _summary(correct: dict[int, list[bool]]) -> dict:
-    accuracies = [round(sum(c) / len(c), 4) for c in correct.values()]
+def _summary(runs: list[list[bool]]) -> dict:
+    accuracies = [round(sum(c) / len(c), 4) for c in runs]
     return {"mean": round(statistics.mean(accuracies), 4),
             "std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else 0.0, "seeds": accuracies}
 
@@ -44,23 +45,30 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     seeds = [cfg.seed + i for i in range(cfg.distill.ablation_seeds)]
     gold_examples = len(gold_rows(cfg, run_dir))
-    arms = [*TEACHERS, *([GOLD] if gold_examples else [])]
+    aligned = aligned_arms(cfg)
+    arms = ["original", *aligned, *([GOLD] if gold_examples else [])]
     # aligned at the run's seed is the `distill` stage's run (same data and seed), unless a run made before
     # distill kept its per-question results
     distilled = run_dir.stage_dir("distill") / CORRECT_FILE
     jobs = {(arm, s): (cfg, run_dir, arm, s) for arm in arms for s in seeds
-            if not (arm == "aligned" and s == cfg.seed and distilled.is_file())}
+            if not (arm == ALIGNED and s == cfg.seed and distilled.is_file())}
     workers = worker_count(cfg.device, len(jobs), cfg.workers)
     results = run_jobs(_correct, jobs, workers, f"ablation: {len(jobs)} trainings, {workers} at a time")
     if distilled.is_file():
-        results["aligned", cfg.seed] = json.loads(distilled.read_text())
+        results[ALIGNED, cfg.seed] = json.loads(distilled.read_text())
     correct = {arm: {s: results[arm, s] for s in seeds} for arm in arms}
     write_json_atomic(run_dir.stage_dir("ablation") / "correct.json",
                       {arm: {str(s): c for s, c in by_seed.items()} for arm, by_seed in correct.items()})
-    out = {f"{teacher}_teacher": _summary(correct[teacher]) for teacher in TEACHERS}
-    out["difference"] = paired_difference(correct["aligned"], correct["original"], seed=cfg.seed)
+    by_teacher_seed = {k: correct[arm] for k, arm in enumerate(aligned)}
+    out = {"original_teacher": _summary(list(correct["original"].values())),
+           "aligned_teacher": {**_summary([c for arm in aligned for c in correct[arm].values()]),
+                               "teacher_seeds": len(aligned), "student_seeds": len(seeds),
+                               "by_teacher_seed": {str(k): _summary(list(runs.values()))
+                                                   for k, runs in by_teacher_seed.items()}}}
+    out["difference"] = paired_difference(by_teacher_seed if len(aligned) > 1 else correct[ALIGNED],
+                                          correct["original"], seed=cfg.seed)
     if gold_examples:
-        out["gold"] = {**_summary(correct[GOLD]), "examples": gold_examples}
+        out["gold"] = {**_summary(list(correct[GOLD].values())), "examples": gold_examples}
         out["aligned_share_of_gold"] = round(out["aligned_teacher"]["mean"] / out["gold"]["mean"], 4) \
             if out["gold"]["mean"] else None
     else:
@@ -68,5 +76,6 @@ def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     before = run_dir.record("baseline")
     if before:
         out["student_before"] = before["metrics"]["student_before"]["accuracy"]
+    out["trainings"] = len(jobs)
     out["workers"] = workers
     return out
