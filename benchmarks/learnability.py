@@ -5,8 +5,10 @@ question difficulty, SFT on one kind alone with the `distill` stage's recipe and
 
 Each arm trains the default student on ``--examples`` gold-correct examples of one kind (fresh problems,
 none from any split; style arms draw the task's mix of 1-3 operations, difficulty arms the step style),
-the same steps, batch and learning rate as `distill`, and answers the same test questions with the
-calculator, as every accuracy in a run is measured. Beside it, the signal ARTE optimizes: the
+the same steps, batch, learning rate and fake quantization as `distill`, and answers the same test questions
+with the calculator, as every accuracy in a run is measured. One more arm mixes the styles in the teacher's own
+default proportions (`WorldSpec.teacher_default_styles`): what the original teacher's data would teach were all
+of it right. The trainings run side by side (`edge_tailor.parallel`). Beside it, the signal ARTE optimizes: the
 untrained student's one-shot accuracy on the preference questions with a demonstration of that kind.
 ARTE pays off where the teacher's default writing is a kind this student learns little from and the
 student's one-shot preference can tell; this table says whether that holds in a world.
@@ -22,8 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
+def _teacher_default() -> dict[str, float]:
+    from edge_tailor.toyworld.build import WorldSpec
+
+    return dict(WorldSpec().teacher_default_styles)
+
+
+# one style or one difficulty alone; and the teacher's own default mix of styles (gold-correct), which is what
+# the original teacher's data would teach were every one of its rationales right
 ARMS = {**{f"style:{s}": (s, None) for s in ("step", "verbose", "mistake", "terse")},
-        **{f"ops:{n}": ("step", n) for n in (1, 2, 3)}}
+        **{f"ops:{n}": ("step", n) for n in (1, 2, 3)},
+        "mix:teacher-default": ("teacher-default", None)}
 
 
 def arm_examples(task, style: str, ops: int | None, n: int, seed: int) -> list[tuple[str, str]]:
@@ -33,7 +44,8 @@ def arm_examples(task, style: str, ops: int | None, n: int, seed: int) -> list[t
 
     weights = TASK_OP_WEIGHTS if ops is None else tuple(float(k == ops) for k in (1, 2, 3))
     taken = frozenset(ex.question for split in (task.seed, task.preference, task.test) for ex in split)
-    examples = fresh_examples(f"learnability:{seed}:{style}:{ops}", n, taken, style, weights, rng_seed=seed)
+    kind = _teacher_default() if style == "teacher-default" else style
+    examples = fresh_examples(f"learnability:{seed}:{style}:{ops}", n, taken, kind, weights, rng_seed=seed)
     return [(ex.question, ex.rationale) for ex in examples]
 
 
@@ -57,19 +69,33 @@ def one_shot_signal(cfg, task, style: str, ops: int | None, demos: int = 4) -> f
 
 
 def train_and_test(cfg, task, rows: list[dict], seed: int) -> float:
+    """Test accuracy of the student fine-tuned on `rows` exactly as `distill` fine-tunes it (QAT as configured)."""
     from edge_tailor.evaluate import evaluate_model, student_tools
     from edge_tailor.models import load_model
     from edge_tailor.sft import train_student
+    from edge_tailor.target import load_target
 
     student = load_model(cfg.student, cfg.device)
+    quant = load_target(cfg.target).quant if cfg.distill.qat else None
     with tempfile.TemporaryDirectory() as workdir:
-        model, _ = train_student(student.model, student.tokenizer, rows, cfg.distill, seed=seed, device=cfg.device,
-                                 workdir=Path(workdir))
+        model, _ = train_student(student.model, student.tokenizer, rows, cfg.distill, quant=quant, seed=seed,
+                                 device=cfg.device, workdir=Path(workdir))
     ev = cfg.evaluate
     result = evaluate_model(model, student.tokenizer, task, task.test[: ev.test_questions],
                             max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
                             tools=student_tools(ev.calculator, task), description="test")
     return round(result["accuracy"], 4)
+
+
+def _job(cfg, arm: str, seed: int | None, n: int) -> float:
+    """One training (student seed `seed`) or, with seed None, the one-shot signal of one arm."""
+    from edge_tailor.tasks import load_task
+
+    task = load_task(cfg.task)
+    style, ops = ARMS[arm]
+    if seed is None:
+        return one_shot_signal(cfg, task, style, ops)
+    return train_and_test(cfg, task, arm_rows(task, style, ops, n, seed), seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,16 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    started, results = time.perf_counter(), {}
+    from edge_tailor.parallel import run_jobs, worker_count
+
+    started = time.perf_counter()
+    seeds = [cfg.seed + s for s in range(args.seeds)]
+    jobs = {(arm, seed): (cfg, arm, seed, n) for arm in arms for seed in [*seeds, None]}
+    workers = worker_count(cfg.device, len(jobs), cfg.workers)
+    done = run_jobs(_job, jobs, workers, f"learnability: {len(jobs)} jobs, {workers} at a time")
+    results = {}
     for arm in arms:
-        style, ops = ARMS[arm]
-        accuracies = [train_and_test(cfg, task, arm_rows(task, style, ops, n, cfg.seed + s), cfg.seed + s)
-                      for s in range(args.seeds)]
+        accuracies = [done[arm, seed] for seed in seeds]
         results[arm] = {"mean": round(statistics.mean(accuracies), 4), "seeds": accuracies,
-                        "one_shot": one_shot_signal(cfg, task, style, ops)}
+                        "one_shot": done[arm, None]}
         print(f"[learnability] {arm}: SFT {results[arm]['mean']:.3f} {accuracies}, "
               f"one-shot {results[arm]['one_shot']:.3f}", file=sys.stderr)
-    report = {"examples": n, "steps": cfg.distill.max_steps, "one_shot_questions": len(task.preference),
+    report = {"examples": n, "steps": cfg.distill.max_steps, "qat": cfg.distill.qat, "workers": workers,
+              "one_shot_questions": len(task.preference),
               "test_questions": min(cfg.evaluate.test_questions, len(task.test)), "seeds": args.seeds,
               "results": results, "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -318,7 +318,9 @@ def markdown(report: dict, plot_folder: str) -> str:
         lines += ["", ablation_verdict(ab)]
     if ab.get("aligned_share_of_gold") is not None:
         lines += ["", f"The aligned teacher's data reached {100 * ab['aligned_share_of_gold']:.0f}% of the gold "
-                  f"ceiling ({ab['gold']['examples']} gold examples, the same training budget)."]
+                  f"ceiling ({ab['gold']['examples']} gold examples, "
+                  + (f"on {ab['gold']['questions']}, " if ab["gold"].get("questions") else "")
+                  + "the same training budget)."]
     held = (report.get("alignment") or {}).get("held_out") or {}
     if held:
         lines += ["", "What alignment changed in the teacher's drafts (held-out seeds):", "",

@@ -104,24 +104,50 @@ def calculator_next(text: str) -> str | None:
     return None
 
 
+def result_complete(text: str) -> bool:
+    """Whether ``text`` ends with a whole calculator result (after ``a op b=`` or ``#### ``): a digit may not
+    follow it, or ``4*2=8`` could become ``4*2=87``."""
+    match = _EQUATION_TAIL.search(text)
+    if match:
+        result = evaluate_op(int(match.group(1)), match.group(2), int(match.group(3)))
+        return result is not None and match.group(4) == str(result)
+    match = _FINAL_TAIL.search(text)
+    if match:
+        found = _RESULT.findall(text[:match.start()])
+        return bool(found) and match.group(1) == found[-1]
+    return False
+
+
+def glued_digit_ids(decode: Callable[[list[int]], str], vocab_size: int) -> np.ndarray:
+    """Token ids whose text starts with a digit: the tokens that would lengthen a number just written."""
+    return np.array([i for i in range(vocab_size) if decode([i])[:1].isdigit()], dtype=np.int64)
+
+
 class Calculator:
     """A decode-time calculator for ``EdgeModel``: writes the results of the model's own equations.
 
     The model decides whether and which equation to write; this tool only fills in ``r`` after
     ``a op b=`` and the final answer after ``#### ``, as GSM8K's ``<<a*b=c>>`` annotations were
-    filled. A bundle records in its manifest whether its student was trained and scored this way.
+    filled, and lets no digit follow a whole result. A bundle records in its manifest whether its
+    student was trained and scored this way.
     """
 
     def __init__(self, model: "EdgeModel"):
         self.model = model
+        self._digits: np.ndarray | None = None
 
     def __call__(self, new: list[list[int]], scores: np.ndarray) -> np.ndarray:
         for row, tokens in enumerate(new):
-            remaining = calculator_next(self.model.decode(tokens))
+            text = self.model.decode(tokens)
+            remaining = calculator_next(text)
             if remaining:
                 forced = self.model.encode(remaining)[0]
                 scores[row, :] = -np.inf
                 scores[row, forced] = 0.0
+            elif result_complete(text):
+                if self._digits is None:
+                    self._digits = glued_digit_ids(self.model.decode, scores.shape[-1])
+                scores[row, self._digits] = -np.inf
         return scores
 
 

@@ -41,7 +41,10 @@ def test_edge_calculator_forces_only_the_result_tokens():
     out = calc(rows, scores.copy())
     assert vocab.decode([int(out[0].argmax())]) == "8" and np.isinf(out[0]).sum() == len(vocab.chars) - 1
     assert vocab.decode([int(out[1].argmax())]) == "4"
-    assert not np.isinf(out[2]).any() and not np.isinf(out[3]).any()  # the model writes freely
+    # after a whole result no digit may lengthen it ("14*6=849"); anything else is free, as after a plain number
+    digits = [i for i, c in enumerate(vocab.chars) if c.isdigit()]
+    assert np.isinf(out[2][digits]).all() and np.isinf(out[2]).sum() == len(digits)
+    assert not np.isinf(out[3]).any()  # the model writes freely
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +97,6 @@ def test_int8_accuracy_on_the_default_world_is_within_the_ci_budget(embedded_stu
     torch_fp32 = evaluate_model(student.model, student.tokenizer, task, task.test, max_new_tokens=48, batch_size=100,
                                 tools=ToolSettings(calculator=True))["accuracy"]
     edge_int8 = edge_accuracy(int8, task, task.test, cfg)
-    assert edge_int8["calculator"] and edge_int8["n"] == len(task.test) == 300
+    assert edge_int8["calculator"] and edge_int8["n"] == len(task.test) == 1000
     assert torch_fp32 > 0.2  # the student does answer with the calculator; the comparison is not 0 vs 0
     assert torch_fp32 - edge_int8["accuracy"] <= load_target("ci-x86").budgets.max_accuracy_drop

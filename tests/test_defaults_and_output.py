@@ -63,7 +63,7 @@ def test_a_user_file_changes_only_what_it_sets(tmp_path):
     (tmp_path / "my.toml").write_text("[distill]\nmax_steps = 7\n")
     for name in ("my.yaml", "my.toml"):
         cfg = load_config(tmp_path / name)
-        assert config_diff(cfg) == [("distill.max_steps", 150, 7)]
+        assert config_diff(cfg) == [("distill.max_steps", 60, 7)]
         assert cfg == load_config(None, ["distill.max_steps=7"])
 
 
@@ -73,7 +73,7 @@ def test_a_null_section_means_its_defaults(tmp_path):
     path.write_text("distill:\ntask: null\nelicit:\n  annotate:\nalign:\n  rounds: 2\n")
     assert config_diff(load_config(path)) == [("align.rounds", 1, 2)]
     path.write_text("distill:\n  lora:\n  max_steps: 7\n")
-    assert config_diff(load_config(path)) == [("distill.max_steps", 150, 7)]
+    assert config_diff(load_config(path)) == [("distill.max_steps", 60, 7)]
     path.write_text("distill:\n")  # an override into a null section
     assert config_diff(load_config(path, ["distill.lora.r=4"])) == [("distill.lora.r", 16, 4)]
     path.write_text("seed:\n")  # a null value (not a section) is still refused, naming file and field
@@ -86,7 +86,7 @@ def test_config_show_diff(tmp_path, capsys):
     path.write_text("distill:\n  max_steps: 7\nname: mine\n")
     assert main(["config", "show", "--diff", "--config", str(path), "elicit.drafts=64"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ['name: "default" -> "mine"', "elicit.drafts: 48 -> 64", "distill.max_steps: 150 -> 7"]
+    assert out == ['name: "default" -> "mine"', "elicit.drafts: 48 -> 64", "distill.max_steps: 60 -> 7"]
     assert main(["config", "show", "--diff"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "no differences" in captured.err

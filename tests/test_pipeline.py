@@ -80,9 +80,15 @@ def test_stage_records_hold_the_counts(run_dir):
     (other,) = align["teacher_seeds"]["1"]["rounds"]
     assert other["round"] == 2 and (run_dir / "align" / "seed1" / "round2" / "adapter" / "adapter_config.json").exists()
     assert align["teacher_seeds"]["0"]["loss"] == align["loss"]
-    assert set(generate["data"]) == set(generate["held_out"]) == {"original", "aligned", "aligned-seed1"}
-    rows = {w: (run_dir / "generate" / f"{w}.jsonl").read_text().splitlines() for w in generate["data"]}
+    assert set(generate["data"]) == {"original", "aligned", "aligned-seed1"}
+    assert set(generate["held_out"]) == {"original", "aligned"}  # the base teacher against the shipped one
+    rows = {w: [json.loads(line) for line in (run_dir / "generate" / f"{w}.jsonl").read_text().splitlines()]
+            for w in generate["data"]}
     assert len({len(r) for r in rows.values()}) == 1 and rows["aligned"] != rows["aligned-seed1"]
+    # every teacher wrote its rationales to the original teacher's drafted questions (generate.questions)
+    drafted = {json.loads(line)["question"] for line in (run_dir / "generate" / "questions.jsonl").read_text().splitlines()}
+    assert all(r["question"] in drafted for data in rows.values() for r in data)
+    assert generate["drafting"]["questions"] == len(drafted) and generate["drafting"]["drafted_by"] == "original"
 
 
 def test_bundle_verifies_and_rerun_skips_everything(run_dir, capsys):
@@ -102,7 +108,7 @@ def test_bench_measures_a_bundle(run_dir, capsys):
     assert {"ms_per_token_p50", "ms_per_token_p95", "ttft_ms", "prompt_tokens_per_s", "peak_rss_mb",
             "model_mb"} <= result.keys()
     acc = result["accuracy"]
-    assert acc["n"] == 300 and acc["stderr"] == pytest.approx((acc["accuracy"] * (1 - acc["accuracy"]) / 300) ** 0.5, abs=1e-3)
+    assert acc["n"] == 1000 and acc["stderr"] == pytest.approx((acc["accuracy"] * (1 - acc["accuracy"]) / 1000) ** 0.5, abs=1e-3)
 
 
 def test_bench_runs_a_bundle_under_another_target(run_dir, capsys):
@@ -141,3 +147,22 @@ def test_every_arm_is_trained_like_the_student_and_measured_against_its_own_fp32
 def test_the_arms_leave_only_their_figures_behind(run_dir):
     folder = run_dir / "ablation" / "qat_vs_ptq"
     assert folder.is_dir() and not [p for p in folder.rglob("*") if p.suffix in {".onnx", ".safetensors"}]
+
+
+def test_each_teacher_drafts_its_own_questions_when_question_pairs_align_drafting(run_dir, tmp_path):
+    """generate.questions=each_teacher (what align.question_pairs needs): no shared draft, every teacher drafts."""
+    import shutil
+
+    from edge_tailor.config import load_config
+    from edge_tailor.rundir import RunDir
+    from edge_tailor.stages import generate
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "generate")
+    (copy / "generate").mkdir()
+    cfg = load_config(overrides=SMALL[1:] + ["generate.questions=each_teacher", "align.question_pairs=true"])
+    metrics = generate.run(cfg, RunDir(copy))["metrics"]
+    assert "drafting" not in metrics and not (copy / "generate" / "questions.jsonl").exists()
+    assert all(d["raw_questions"] >= d["questions"] > 0 for d in metrics["data"].values())
+    assert {p.name for p in (copy / "generate").iterdir()} == {"original.jsonl", "aligned.jsonl", "aligned-seed1.jsonl"}

@@ -54,7 +54,7 @@ def test_arte_stages_on_bbh(tmp_path, monkeypatch):
             f"task.path={BBH / 'tasks' / 'navigate.json'}", f"task.cot_prompt={BBH / 'cot-prompts' / 'navigate.txt'}",
             "elicit.drafts=4", "elicit.max_new_tokens=48", "elicit.rationale_tokens=32", "prefer.max_new_tokens=16",
             "prefer.probe_demos=2", "generate.examples=4", "generate.compare_questions=4",
-            "generate.compare_preference=4", "align.max_steps=2",
+            "generate.compare_preference=4", "align.max_steps=2", "align.seeds=1",
             "--only", "elicit", "--only", "prefer", "--only", "align", "--only", "generate"]
     assert main(args) == 0
     run = tmp_path / "bbh"
@@ -88,7 +88,7 @@ def test_baseline_decodes_the_teacher_once_where_tools_change_nothing(tmp_path, 
     calls = []
     real = baseline.evaluate_model
     monkeypatch.setattr(baseline, "evaluate_model", lambda *a, **kw: calls.append(kw["description"]) or real(*a, **kw))
-    assert main(["run", "--out", str(tmp_path), *ARGS, "evaluate.test_questions=4", "--only", "baseline"]) == 0
+    assert main(["run", "--out", str(tmp_path), *ARGS, "evaluate.test_questions=4", "workers=1", "--only", "baseline"]) == 0
     metrics = json.loads((tmp_path / "bbh" / "records" / "baseline.json").read_text())["metrics"]
     assert calls == ["teacher on test", "student on test"]  # BBH: no arithmetic, no solutions to ground in
     assert metrics["teacher_tools_apply"] is False and metrics["teacher_with_tools"] == metrics["teacher"]
@@ -102,14 +102,14 @@ def test_baseline_decodes_once_when_the_teacher_is_the_student(tmp_path, monkeyp
     monkeypatch.setattr(baseline, "evaluate_model", lambda *a, **kw: calls.append(kw["description"]) or real(*a, **kw))
     monkeypatch.setattr(baseline, "load_model", lambda spec, device: loads.append(spec.path) or real_load(spec, device))
     assert main(["run", "--out", str(tmp_path), *ARGS, "evaluate.test_questions=4", "teacher.path=embedded:student",
-                 "--only", "baseline"]) == 0
+                 "workers=1", "--only", "baseline"]) == 0
     metrics = json.loads((tmp_path / "bbh" / "records" / "baseline.json").read_text())["metrics"]
     assert calls == ["teacher on test"] and loads == ["embedded:student"]
     assert metrics["student_before"] == metrics["teacher"]
     # the same path loaded another way is another model: decoded again
     calls.clear()
     assert main(["run", "--out", str(tmp_path / "b"), *ARGS, "evaluate.test_questions=4", "teacher.path=embedded:student",
-                 "teacher.dtype=float32", "--only", "baseline"]) == 0
+                 "teacher.dtype=float32", "workers=1", "--only", "baseline"]) == 0
     assert calls == ["teacher on test", "student on test"]
 
 

@@ -40,7 +40,8 @@ def test_influence_ranks_gold_rationales_above_noise_and_restores_the_model():
     questions = TASK.preference[:16]
     gold = [(ex.question, ex.rationale) for ex in TASK.seed[:4]]
     noise = [(ex.question, "x y z q w e r t y u i o p " * 3) for ex in TASK.seed[:4]]
-    scores = influence_scores(student.model, student.tokenizer, TASK, gold + noise, questions, learning_rate=5e-3)
+    # lr 1e-2: at 5e-3 one noise step's effect (+0.012) sat within the gold steps' (+0.009 to +0.037)
+    scores = influence_scores(student.model, student.tokenizer, TASK, gold + noise, questions, learning_rate=1e-2)
     assert min(scores[:4]) > max(scores[4:]), scores  # one step on a gold solution lowers validation loss most
     after = student.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # each probe step is undone
@@ -49,7 +50,8 @@ def test_influence_ranks_gold_rationales_above_noise_and_restores_the_model():
 def test_one_shot_scores_are_the_same_split_across_worker_processes():
     cfg = load_config(None, ["prefer.max_new_tokens=24", "prefer.batch_size=32"])
     student = _student()
-    demos = [(ex.question, ex.rationale) for ex in TASK.seed[:5]]
+    # step-by-step and answer-only demonstrations: the student's one-shot accuracy differs between them
+    demos = [(ex.question, ex.rationale if i % 2 else f"#### {ex.answer}") for i, ex in enumerate(TASK.seed[:5])]
     preference = TASK.preference[:12]
     serial = one_shot_scores(cfg.model_copy(update={"workers": 1}), TASK, student, demos, preference)
     split = one_shot_scores(cfg.model_copy(update={"workers": 2}), TASK, student, demos, preference)

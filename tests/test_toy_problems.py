@@ -126,9 +126,12 @@ def test_check_detects_errors():
 def test_toy_task():
     task = toy_task(0)
     assert task.name == "toy-arith" and task.answer_kind == "number" and task.style == TOY_STYLE
-    assert (len(task.seed), len(task.preference), len(task.test)) == (32, 160, 300)
-    assert set(task.techniques) == set(STYLES)
+    assert (len(task.seed), len(task.preference), len(task.test)) == (32, 160, 1000)
+    # ARTE's techniques; the common-mistake style serves TeacherLM annotation only
+    assert set(task.techniques) == set(STYLES) - {"mistake"} and "Style: mistake" in task.annotation_prompts["M"]
     ex = task.test[0]
+    # the gold ceiling's rationale to any question the task can solve: its step-by-step solution
+    assert task.gold_rationale(ex.question) == ex.rationale and task.gold_rationale("What is two plus two?") is None
     assert task.solver(ex.question) == ex.answer
     assert task.solver("What is two plus two?") is None
     assert check_rationale(parse_question(ex.question), ex.rationale)["style"] == "step"

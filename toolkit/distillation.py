@@ -17,10 +17,16 @@ GOLD = "gold"  # the ablation's ceiling: the task's own gold rationales instead 
 
 
 def gold_rows(cfg: RunConfig, run_dir: RunDir) -> list[dict]:
-    """As many gold examples as the aligned teacher's data has rows (fewer where the task has fewer)."""
+    """The gold ceiling's rows: the task's own worked solutions to the aligned teacher's training questions where
+    the task can solve any question (the embedded world: every arm then trains on the same questions, and only
+    the rationales differ); else as many of the task's gold examples as that data has rows (fewer where the task
+    has fewer)."""
     task = load_task(cfg.task)
-    n = len(read_jsonl(run_dir.stage_dir("generate") / "aligned.jsonl"))
-    return [{"prompt": task.prompt(ex.question), "completion": " " + ex.rationale} for ex in task.gold(n)]
+    aligned = read_jsonl(run_dir.stage_dir("generate") / "aligned.jsonl")
+    if task.gold_rationale is not None:
+        solved = ((row["question"], task.gold_rationale(row["question"])) for row in aligned)
+        return [{"prompt": task.prompt(q), "completion": " " + r} for q, r in solved if r]
+    return [{"prompt": task.prompt(ex.question), "completion": " " + ex.rationale} for ex in task.gold(len(aligned))]
 
 
 def training_rows(cfg: RunConfig, run_dir: RunDir, teacher: str) -> list[dict]:

@@ -6,8 +6,9 @@ Tools (both are logits processors, so any Hugging Face causal LM can use them):
   written. The model still decides *whether* and *where* to compute.
 - grounding: for tasks that can solve a question step by step (the embedded world), when
   the model starts a number inside its working (with the probability it gives to starting
-  one), the next equation of the question's solution is written. Needed for a tiny teacher
-  that cannot copy operands from the question; a real model needs only the calculator.
+  one), the next equation of the question's solution is written, and an answer given with
+  no working gets the solution's result. Needed for a tiny teacher that cannot copy operands
+  from the question or add; a real model needs only the calculator.
 No library offers decode-time tool forcing for `generate`, hence this module.
 """
 
@@ -23,7 +24,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 # One calculator rule for training and the device: the edge runtime (export/runtime.py) must stay a
 # single self-contained file (onnxruntime, numpy, tokenizers only) that a bundle ships, so it keeps
 # the only implementation of `calculator_next` and the toolkit imports it from there, never the reverse.
-from .export.runtime import calculator_next
+from .export.runtime import calculator_next, glued_digit_ids, result_complete
 from .progress import track
 from .prompt_format import render_all
 
@@ -52,8 +53,11 @@ class ArithmeticTools(LogitsProcessor):
         vocab = tokenizer.get_vocab()
         self.digit_ids = torch.tensor(sorted({i for t, i in vocab.items()
                                               if tokenizer.convert_tokens_to_string([t]).strip().isdigit()}))
+        self.glued_digits = torch.from_numpy(glued_digit_ids(
+            lambda ids: tokenizer.decode(ids, skip_special_tokens=True), len(tokenizer)))
         self.queues: list[list[int]] = []
         self.used_steps: list[int] = []
+        self.closed: list[bool] = []  # the tools just wrote a whole number: no digit may lengthen it
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -72,7 +76,13 @@ class ArithmeticTools(LogitsProcessor):
             remaining = calculator_next(text)
             if remaining:
                 return self._encode(remaining)
-        if self.settings.grounding and self.solutions is not None and not text.endswith(_FINAL_TAG):
+        if self.settings.grounding and self.solutions is not None and text.endswith(_FINAL_TAG):
+            # an answer with no working (terse): the grounded teacher knows the solution's result, as a strong
+            # model answers an easy question directly; after written working the calculator already answered
+            steps = self.solutions[row]
+            last = self._last_result(steps[-1]) if steps else None
+            return self._encode(str(last)) if last is not None and self._last_result(text) is None else None
+        if self.settings.grounding and self.solutions is not None:
             prev = text[-1:] if text else " "
             if not prev.isdigit() and prev not in "=+-*/" and self._starts_number(scores):
                 steps = self.solutions[row]
@@ -95,15 +105,24 @@ class ArithmeticTools(LogitsProcessor):
         if not self.queues:
             self.queues = [[] for _ in range(input_ids.shape[0])]
             self.used_steps = [0] * input_ids.shape[0]
+            self.closed = [False] * input_ids.shape[0]
         for row in range(input_ids.shape[0]):
+            text = None
             if not self.queues[row]:
-                planned = self._plan(row, self._row_text(input_ids[row]), scores[row])
+                text = self._row_text(input_ids[row])
+                planned = self._plan(row, text, scores[row])
                 if planned:
                     self.queues[row] = planned
             if self.queues[row]:
                 forced = self.queues[row].pop(0)
                 scores[row] = torch.full_like(scores[row], float("-inf"))
                 scores[row, forced] = 0.0
+                self.closed[row] = not self.queues[row] and self.tokenizer.decode([forced])[-1:].isdigit()
+            elif self.closed[row] or (self.settings.calculator and result_complete(text)):
+                # the calculator's rule, as on the device (export/runtime.py): a whole result ends its number;
+                # so does a number the grounding tool wrote
+                scores[row, self.glued_digits] = float("-inf")
+                self.closed[row] = False
         return scores
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
+from transformers.loss.loss_utils import ForCausalLMLoss
 from trl import SFTConfig, SFTTrainer
 
 from .config import DistillConfig
@@ -53,9 +54,20 @@ def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=
         trainer = gkd_trainer(model, teacher, tokenizer, data, kwargs, dc.logit_distillation, lora)
     else:
         trainer = SFTTrainer(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
-                             processing_class=tokenizer, peft_config=lora)
+                             processing_class=tokenizer, peft_config=lora,
+                             compute_loss_func=_loss_through_the_head(model) if quant is not None else None)
     trainer.train()
     return trainer
+
+
+def _loss_through_the_head(model):
+    """Cross-entropy from the model's own logits. trl's default fused head multiplies by `lm_head.weight`
+    directly, which would skip the head's fake quantization (and so train an INT8 head as if it were fp32)."""
+    vocab = model.config.get_text_config().vocab_size
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        return ForCausalLMLoss(outputs.logits, labels, vocab, num_items_in_batch=num_items_in_batch)
+    return loss
 
 
 def merge_student(trainer: SFTTrainer) -> torch.nn.Module:

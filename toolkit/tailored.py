@@ -37,20 +37,30 @@ def data_teachers(cfg: RunConfig) -> list[str]:
     return ["original", *aligned_arms(cfg)]
 
 
-def tailored_data(cfg: RunConfig, task, teacher, seeds, exclude, seed: int) -> tuple[list[dict], dict]:
-    """Draft questions, write greedy rationales (plain prompt), keep answer-consistent ones."""
+def _sampling(cfg: RunConfig):
     gc = cfg.generate
-    sampling = cfg.elicit.model_copy(update={"temperature": gc.question_temperature, "batch_size": gc.batch_size})
-    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, int(gc.examples * 1.25),
-                                           sampling, seed, exclude=exclude, max_rounds=8)
+    return cfg.elicit.model_copy(update={"temperature": gc.question_temperature, "batch_size": gc.batch_size})
+
+
+def training_questions(cfg: RunConfig, task, teacher, seeds, exclude, seed: int, wanted: int) -> tuple[list, dict]:
+    """`wanted` drafted questions, valid and new (none in `exclude`), and the drafting counts."""
+    questions, filt, raw = draft_questions(teacher.model, teacher.tokenizer, task, seeds, wanted, _sampling(cfg), seed,
+                                           exclude=exclude, max_rounds=8)
     require_drafts(filt, raw)
-    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, sampling, techniques=[None],
+    return questions, {"raw_questions": raw, "questions": len(questions), "dropped_questions": dict(filt.dropped)}
+
+
+def tailored_data(cfg: RunConfig, task, teacher, questions, seed: int) -> tuple[list[dict], dict]:
+    """The teacher's rationales to `questions` (plain prompt, `generate.rationale_temperature`), kept where their
+    answer matches the question's."""
+    gc = cfg.generate
+    drafts = write_rationales(teacher.model, teacher.tokenizer, task, questions, _sampling(cfg), techniques=[None],
                               temperature=gc.rationale_temperature, seed=seed, description="writing training data")
     kept = [d for d in drafts if d["correct"]][: gc.examples]
     rows = [{"prompt": task.prompt(d["question"]), "completion": " " + d["rationale"], **d} for d in kept]
-    return rows, {"raw_questions": raw, "questions": len(questions), "dropped_questions": dict(filt.dropped),
-                  "rationales": len(drafts), "inconsistent_dropped": len(drafts) - sum(d["correct"] for d in drafts),
-                  "examples": len(rows)}
+    styles = Counter(task.style_of(r["rationale"]) for r in rows) if task.style_of else {}
+    return rows, {"rationales": len(drafts), "inconsistent_dropped": len(drafts) - sum(d["correct"] for d in drafts),
+                  "examples": len(rows), "style_mix": {k: round(v / max(1, len(rows)), 3) for k, v in sorted(styles.items())}}
 
 
 def compare_on_held_out(cfg: RunConfig, task, teacher, student, held_out_seeds, preference, seed: int) -> dict:

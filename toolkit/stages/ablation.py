@@ -1,6 +1,7 @@
 """Stage `ablation`: what ARTE bought. The same student, SFT on the original teacher's data vs each aligned
-teacher's data (one per teacher-side seed, `align.seeds`), and on the task's gold rationales (the ceiling),
-with the same budget and recipe as `distill`, over several student seeds; the difference aligned - original
+teacher's data (one per teacher-side seed, `align.seeds`), and on the task's gold rationales (the ceiling; to
+the same training questions where the task can solve any question), with the same budget and recipe as
+`distill`, over several student seeds; the difference aligned - original
 is paired (same student seeds, same test questions) with a bootstrap interval over teacher seeds, student
 seeds and questions. The trainings run side by side on a multi-core CPU (`edge_tailor.parallel`). With
 `distill.compare_ptq`, also QAT against PTQ (`edge_tailor.qat_vs_ptq`)."""
@@ -16,6 +17,7 @@ from ..paired import paired_difference
 from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir, write_json_atomic
 from ..tailored import ALIGNED, aligned_arms
+from ..tasks import load_task
 
 
 def _correct(cfg: RunConfig, run_dir: RunDir, arm: str, seed: int) -> list[bool]:
@@ -68,7 +70,9 @@ def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     out["difference"] = paired_difference(by_teacher_seed if len(aligned) > 1 else correct[ALIGNED],
                                           correct["original"], seed=cfg.seed)
     if gold_examples:
-        out["gold"] = {**_summary(list(correct[GOLD].values())), "examples": gold_examples}
+        questions = ("the aligned teacher's training questions" if load_task(cfg.task).gold_rationale is not None
+                     else "the task's own examples")
+        out["gold"] = {**_summary(list(correct[GOLD].values())), "examples": gold_examples, "questions": questions}
         out["aligned_share_of_gold"] = round(out["aligned_teacher"]["mean"] / out["gold"]["mean"], 4) \
             if out["gold"]["mean"] else None
     else:

@@ -81,6 +81,9 @@ class Task:
     # n questions with gold rationales, none from the test split, for the ablation's gold ceiling; None =
     # the seed and preference examples that carry a rationale (GSM8K's solutions, BBH's CoT demos)
     gold_examples: Callable[[int], list[Example]] | None = None
+    # the task's own worked solution of any question it can solve (the embedded world renders one); then the
+    # gold ceiling trains on gold rationales to the very questions the teachers wrote rationales to
+    gold_rationale: Callable[[str], str | None] | None = None
 
     def gold(self, n: int) -> list[Example]:
         """Up to ``n`` non-test examples with gold rationales: what the gold-ceiling student trains on."""

@@ -37,16 +37,23 @@ class ModelShape:
 class WorldSpec:
     seed: int = 0
     split_sizes: dict = field(default_factory=lambda: dict(DEFAULT_SIZES))
-    vocab_size: int = 400
+    vocab_size: int = 600  # 400 split the long-winded style's words into pieces (3-step rationale: 198 tokens, 134 at 600)
     corpus_problems: int = 6000
     teacher: ModelShape = ModelShape(hidden=192, layers=4, heads=4, intermediate=512)
     student: ModelShape = ModelShape(hidden=128, layers=3, heads=4, intermediate=320)
     teacher_docs: int = 24000
     student_pages: int = 12000
-    # Share of 1-, 2- and 3-step problems in each corpus. The teacher saw every length; the student's
+    # Share of 1-, 2- and 3-step problems in each corpus. The teacher saw every length, the longest most (its
+    # 3-step drafts are malformed more often, so its kept drafts come out near the task's mix); the student's
     # pretraining stops at two steps, like a small general model that has never chained three.
-    teacher_op_weights: tuple = (0.3, 0.35, 0.35)
+    teacher_op_weights: tuple = (0.15, 0.3, 0.55)
     student_op_weights: tuple = (0.55, 0.45, 0.0)
+    # ARTE's premise: how the teacher writes when no technique is asked for. Like a large teacher, it answers
+    # outright (terse: no working) or at length (verbose); this student learns nothing from answers alone, and
+    # answer-only rows in its data teach it to skip its working (benchmarks/learnability.py measures both), its
+    # one-shot accuracy with an answer-only demonstration is low, and DPO can move the teacher away from it.
+    teacher_default_styles: dict = field(default_factory=lambda: {"verbose": 0.45, "terse": 0.3, "mistake": 0.15,
+                                                                  "step": 0.1})
     teacher_steps: int = 400
     student_steps: int = 400
     batch_size: int = 32
@@ -72,7 +79,7 @@ def build_corpora(spec: WorldSpec, eos: str = "</s>") -> dict[str, list[str]]:
     student_problems = sample_problems(spec.seed + 2, spec.corpus_problems, spec.student_op_weights,
                                        exclude=frozenset(held_out))
     rng = random.Random(spec.seed)
-    return {"teacher": teacher_documents(teacher_problems, rng, spec.teacher_docs, eos),
+    return {"teacher": teacher_documents(teacher_problems, rng, spec.teacher_docs, eos, spec.teacher_default_styles),
             "student": student_pages(student_problems, rng, spec.student_pages, eos)}
 
 

@@ -2,7 +2,7 @@
 
 Teacher documents teach the two things ARTE asks of a teacher: drafting new questions from
 seed questions, and writing a rationale in a requested technique (or, with the instruction
-erased, in a style of its own choosing). Student pages hold two solved questions in one
+erased, in its own default mix of styles: long-winded, as a large teacher writes). Student pages hold two solved questions in one
 style, so the student learns to follow a one-shot demonstration's style in context.
 """
 
@@ -32,7 +32,10 @@ def rationale_prompt(question: str, style: str | None) -> str:
     return f"Q: {question}\n{instruction}A:"
 
 
-def teacher_documents(problems: list[Problem], rng: random.Random, n_docs: int, eos: str) -> list[str]:
+def teacher_documents(problems: list[Problem], rng: random.Random, n_docs: int, eos: str,
+                      default_styles: dict[str, float]) -> list[str]:
+    """Drafting documents and rationale documents; a rationale asked for without a technique instruction is
+    written in ``default_styles`` proportions: the teacher's own way of writing, which alignment reshapes."""
     docs = []
     for _ in range(n_docs):
         if rng.random() < 0.35:
@@ -43,8 +46,9 @@ def teacher_documents(problems: list[Problem], rng: random.Random, n_docs: int, 
             docs.append(f"{prompt}{new}\n{eos}")
         else:
             problem = rng.choice(problems)
-            style = rng.choice(STYLES)
             instructed = rng.random() < 0.5
+            style = rng.choice(STYLES) if instructed else rng.choices(list(default_styles),
+                                                                      list(default_styles.values()))[0]
             prompt = rationale_prompt(problem.question, style if instructed else None)
             docs.append(f"{prompt} {render_rationale(problem, style, rng)}\n{eos}")
     return docs

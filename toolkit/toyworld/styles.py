@@ -13,15 +13,17 @@ from .problems import Problem, Step, apply_op
 
 STYLES = ("step", "terse", "verbose", "mistake")
 
-FIRST = ("First", "To start,", "At the start")
-THEN = ("Then", "Next", "After that")
-VERB = {
-    "+": ("we add the new {n}", "we add what arrives"),
-    "-": ("we take away the removed {n}", "we subtract the {n} that leave"),
-    "*": ("we multiply the numbers", "we multiply the amounts"),
-    "/": ("we divide into equal shares", "we divide to get one share"),
-}
-CLOSE = ("So the answer is {r}.", "That gives {r}.", "The answer is {r}.")
+# The long-winded style of a large teacher: an opening, a lead before every equation and a closing sentence,
+# none of which says which fact of the question a step uses. Numbers appear only in the equations and the
+# closing sentence, so the teacher's grounding tool (which writes the next solution equation when the teacher
+# starts a number) keeps the style intact.
+# (An opening that began like a lead, "The amount changes, so we follow it from the start.", was the teacher's
+# favourite; the student trained on those rationales scored 45% against 56% for gold rationales to the same
+# questions, where it was one opening of three: no opening may now read like a step.)
+OPENINGS = ("Let us work through the question one fact at a time.", "We go slowly and think about every sentence.",
+            "We read the question from its first sentence to its last.")
+LEADS = ("The amount changes, so we compute", "Something happens next, so we compute", "It changes again, so we compute")
+CLOSE = ("We used every fact we were given, so the final answer is {r}.", "Every sentence has been used, so the answer is {r}.")
 MISTAKE = {
     "+": ("Mistake to avoid: forgetting the {n} that are added.", "Remember: new {n} add to the total."),
     "-": ("Mistake to avoid: forgetting the {n} that are removed.", "Remember: {n} that leave must be subtracted."),
@@ -52,10 +54,7 @@ def render_rationale(problem: Problem, style: str, rng: random.Random) -> str:
         op = rng.choice([s.op for s in problem.steps])
         return " ".join([rng.choice(MISTAKE[op]).format(n=n)] + eqs + [final])
     if style == "verbose":
-        parts = []
-        for i, (step, eq) in enumerate(zip(problem.steps, eqs)):
-            lead = rng.choice(FIRST if i == 0 else THEN)
-            parts.append(f"{lead} {rng.choice(VERB[step.op]).format(n=n)}: {eq}")
+        parts = [rng.choice(OPENINGS)] + [f"{rng.choice(LEADS)} {eq}" for eq in eqs]
         parts.append(rng.choice(CLOSE).format(r=problem.answer))
         return " ".join(parts + [final])
     raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")

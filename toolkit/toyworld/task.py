@@ -8,14 +8,18 @@ from typing import Callable
 from ..tasks.base import Example, PromptStyle, Task
 from .corpus import drafting_prompt
 from .problems import TASK_OP_WEIGHTS, make_splits, parse_question, sample_problems
-from .styles import STYLES, classify_style, render_rationale
+from .styles import classify_style, render_rationale
 
 # The model continues after "A:" with " " + rationale.
 TOY_STYLE = PromptStyle(demo="Q: {question}\nA: {rationale}\n", query="Q: {question}\nA:", answer_open="#### ", answer_close="",
                         stop=("\n",))
 
-DEFAULT_SIZES = {"seed": 32, "preference": 160, "validation": 160, "test": 300}
-TECHNIQUES = {style: f"Style: {style}" for style in STYLES}
+DEFAULT_SIZES = {"seed": 32, "preference": 160, "validation": 160, "test": 1000}
+# ARTE's reasoning techniques here: step-by-step, answer only, long-winded. The common-mistake style stays in the
+# world for TeacherLM annotation (annotation_prompts) but is no technique: the student's one-shot accuracy rated
+# it above every other (42 of 43 questions) while SFT on it taught less (500 gold rows, 60 steps: 61.6% against
+# 71.2% step-by-step), so a teacher aligned with it wrote data worth 66% of the gold ceiling.
+TECHNIQUES = {style: f"Style: {style}" for style in ("step", "terse", "verbose")}
 
 
 def _solve(question: str) -> str | None:
@@ -44,12 +48,20 @@ def toy_examples(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Exa
     }
 
 
-def fresh_examples(stream: str, n: int, taken: frozenset[str], style: str = "step", op_weights=TASK_OP_WEIGHTS,
-                   rng_seed: int = 0) -> list[Example]:
-    """``n`` problems from their own sample stream, none in ``taken``, with gold rationales in ``style``."""
+def fresh_examples(stream: str, n: int, taken: frozenset[str], style: str | dict[str, float] = "step",
+                   op_weights=TASK_OP_WEIGHTS, rng_seed: int = 0) -> list[Example]:
+    """``n`` problems from their own sample stream, none in ``taken``, with gold rationales in ``style`` (a
+    {style: weight} mix draws each example's style)."""
     rng = random.Random(rng_seed)
-    return [Example(p.question, str(p.answer), rationale=render_rationale(p, style, rng))
+    mix = style if isinstance(style, dict) else {style: 1.0}
+    return [Example(p.question, str(p.answer),
+                    rationale=render_rationale(p, rng.choices(list(mix), list(mix.values()))[0], rng))
             for p in sample_problems(stream, n, op_weights, exclude=taken)]
+
+
+def _gold_rationale(question: str) -> str | None:
+    p = parse_question(question)
+    return render_rationale(p, "step", random.Random(0)) if p else None  # the step style draws nothing
 
 
 def toy_gold(seed: int, taken: frozenset[str]) -> Callable[[int], list[Example]]:
@@ -82,4 +94,5 @@ def toy_task(seed: int = 0, sizes: dict | None = None) -> Task:
         calculator=True,
         baseline_probe=_baseline_probe,
         gold_examples=toy_gold(seed, taken),
+        gold_rationale=_gold_rationale,
     )
