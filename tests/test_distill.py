@@ -224,3 +224,16 @@ def test_qat_trained_and_merged_student_exports_to_the_int8_it_simulated(tmp_pat
     ids = student.tokenizer("Q: A line makes 9 parts per hour.", add_special_tokens=False)["input_ids"]
     gap_qat, gap_fp32 = _max_logit_gap(session, simulated, ids), _max_logit_gap(session, merged, ids)
     assert gap_qat < 1e-3 and gap_qat < gap_fp32 / 20, (gap_qat, gap_fp32)
+
+
+def test_the_qat_trainer_computes_trl_s_loss(tmp_path, monkeypatch):
+    """Under QAT the loss comes from the model's logits (so the fake-quantized head is used); without fake
+    quantization that is exactly trl's fused-head completion loss, step for step."""
+    from edge_tailor import sft
+
+    _, fused = train_student(_student().model, _student().tokenizer, ROWS, CFG, quant=None, workdir=tmp_path / "a")
+    monkeypatch.setattr(sft, "SFTTrainer", sft.FakeQuantHeadSFTTrainer)
+    _, through_logits = train_student(_student().model, _student().tokenizer, ROWS, CFG, quant=None,
+                                      workdir=tmp_path / "b")
+    assert through_logits["trainer"] == "FakeQuantHeadSFTTrainer"
+    assert through_logits["loss"] == pytest.approx(fused["loss"], abs=1e-3)

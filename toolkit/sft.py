@@ -53,21 +53,23 @@ def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=
         kwargs = sft_arguments(dc, str(workdir), seed, device) | {"dataset_kwargs": {"skip_prepare_dataset": True}}
         trainer = gkd_trainer(model, teacher, tokenizer, data, kwargs, dc.logit_distillation, lora)
     else:
-        trainer = SFTTrainer(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
-                             processing_class=tokenizer, peft_config=lora,
-                             compute_loss_func=_loss_through_the_head(model) if quant is not None else None)
+        trainer_class = SFTTrainer if quant is None else FakeQuantHeadSFTTrainer
+        trainer = trainer_class(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
+                                processing_class=tokenizer, peft_config=lora)
     trainer.train()
     return trainer
 
 
-def _loss_through_the_head(model):
-    """Cross-entropy from the model's own logits. trl's default fused head multiplies by `lm_head.weight`
-    directly, which would skip the head's fake quantization (and so train an INT8 head as if it were fp32)."""
-    vocab = model.config.get_text_config().vocab_size
+class FakeQuantHeadSFTTrainer(SFTTrainer):
+    """SFT whose loss comes from the model's own logits. trl's default fused head multiplies the hidden states by
+    `lm_head.weight` directly, which would skip the head's fake quantization under QAT (an INT8 head trained as
+    if it were fp32)."""
 
-    def loss(outputs, labels, num_items_in_batch=None):
-        return ForCausalLMLoss(outputs.logits, labels, vocab, num_items_in_batch=num_items_in_batch)
-    return loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        loss = ForCausalLMLoss(outputs.logits, labels, outputs.logits.shape[-1], num_items_in_batch=num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
 
 def merge_student(trainer: SFTTrainer) -> torch.nn.Module:
