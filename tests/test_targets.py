@@ -7,7 +7,7 @@ import pytest
 from edge_tailor.errors import InputError
 from edge_tailor.target import Budget, Target, format_budgets, list_targets, load_target, target_hash, target_path
 
-SHIPPED = ["arm64-a76", "ci-x86", "x86-avx2-ipc", "x86-avx512-vnni"]
+SHIPPED = ["arm64-a76", "ci-x86", "x86-avx2-ipc", "x86-avx512-vnni", "x86-w8"]
 CI = (resources.files("edge_tailor.targets") / "ci-x86.toml").read_text()
 
 
