@@ -27,6 +27,10 @@ def _teacher(cfg: RunConfig, run_dir: RunDir, which: str):
             else load_teacher(cfg, run_dir, teacher_seed=teacher_seed))
 
 
+def _questions_wanted(cfg: RunConfig) -> int:
+    return int(cfg.generate.examples * 1.25)  # some rationales will not match their answer
+
+
 def _exclude(task) -> list[str]:
     return held_out_questions(task) + [s.question for s in task.seed]
 
@@ -45,7 +49,7 @@ def _teacher_data(cfg: RunConfig, run_dir: RunDir, which: str, questions: list[E
     drafted = {}
     if questions is None:
         questions, drafted = training_questions(cfg, task, teacher, task.seed, _exclude(task), seed,
-                                                int(cfg.generate.examples * 1.25))
+                                                _questions_wanted(cfg))
     rows, data = tailored_data(cfg, task, teacher, questions, seed)
     compared = None
     if which in COMPARED:
@@ -59,7 +63,7 @@ def _teacher_data(cfg: RunConfig, run_dir: RunDir, which: str, questions: list[E
 
 def _shared_questions(cfg: RunConfig, run_dir: RunDir, workers: int) -> tuple[list[Example], dict]:
     """The original teacher's drafts for every teacher, drafted in `workers` processes from their own seeds."""
-    wanted = int(cfg.generate.examples * 1.25)  # some rationales will not match their answer
+    wanted = _questions_wanted(cfg)
     share = -(-wanted // workers)
     parts = run_jobs(_draft, {k: (cfg, run_dir, "original", cfg.seed + 100 * k, share) for k in range(workers)},
                      workers, f"generate: the original teacher drafts {wanted} questions, {workers} at a time")
