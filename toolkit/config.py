@@ -138,6 +138,11 @@ class GenerateConfig(Section):
         "(1.0) expose the teacher's whole style distribution, which is what DPO reshapes")
     question_temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(128, ge=1)
+    gold_samples: int = Field(
+        2, ge=0, description="for a task that cannot solve its questions (no worked solutions): chains of thought "
+        "the original teacher writes per non-test question of the task (preference split), with the task's CoT "
+        "demonstrations in context, kept where the final answer is the gold one; the ablation's gold ceiling then "
+        "trains on these answer-verified rationales. 0 = the task's own rationales (a BBH CoT prompt has 3)")
     compare_questions: int = Field(32, ge=4, description="held-out drafts per teacher to measure what alignment changed")
     compare_preference: int = Field(64, ge=4, description="preference questions each of those drafts is scored on")
 
@@ -172,6 +177,10 @@ class DistillConfig(Section):
     batch_size: int = Field(32, ge=1)
     ablation_seeds: int = Field(3, ge=0, description="seeds for the original-vs-aligned teacher comparison; 0 "
                                 "skips it (the report says so): each seed is 2-3 more trainings")
+    ablation_qat: bool | None = Field(
+        None, description="fake-quantize the ablation's trainings too; None = as `qat`. The arms measure what each "
+        "teacher's data teaches, which fake quantization does not change, and skipping it makes a real model's arm "
+        "~2x cheaper on a CPU; the run's own student (QAT) then cannot stand in for the aligned arm's first seed")
     compare_ptq: bool = Field(False, description="also train the student without fake quantization (PTQ) and with "
                               "the 4-bit scheme faked, and measure each file's fidelity to its own fp32 graph under "
                               "the target's scheme and 4-bit blocks (report.json `qat_vs_ptq`); two more trainings")

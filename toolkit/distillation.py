@@ -8,6 +8,7 @@ from .evaluate import evaluate_model, student_tools
 from .models import load_model
 from .rundir import RunDir, read_jsonl
 from .sft import train_student
+from .tailored import VERIFIED_GOLD
 from .target import load_target
 from .tasks import load_task
 
@@ -16,16 +17,31 @@ CORRECT_FILE = "test_correct.json"  # per test question, right or wrong: what th
 GOLD = "gold"  # the ablation's ceiling: the task's own gold rationales instead of a teacher's data
 
 
+def gold_source(cfg: RunConfig, run_dir: RunDir) -> str:
+    """What the gold ceiling trains on, in words (report.json `ablation.gold.questions`)."""
+    if load_task(cfg.task).gold_rationale is not None:
+        return "the task's worked solutions to the aligned teacher's training questions"
+    if (run_dir.stage_dir("generate") / VERIFIED_GOLD).is_file():
+        return ("answer-verified rationales: the original teacher's chains of thought (the task's CoT demonstrations "
+                "in context) to the task's preference-split questions whose final answer is the gold one")
+    return "the task's own examples with rationales"
+
+
 def gold_rows(cfg: RunConfig, run_dir: RunDir) -> list[dict]:
-    """The gold ceiling's rows: the task's own worked solutions to the aligned teacher's training questions where
-    the task can solve any question (the embedded world: every arm then trains on the same questions, and only
-    the rationales differ); else as many of the task's gold examples as that data has rows (fewer where the task
-    has fewer)."""
+    """The gold ceiling's rows, as many as the aligned teacher's data has (fewer where there are fewer): the
+    task's own worked solutions to the aligned teacher's training questions where the task can solve any question
+    (BBH boolean_expressions, the embedded world: every arm then trains on the same questions, and only the
+    rationales differ); else answer-verified rationales where `generate` wrote them; else the task's gold
+    examples."""
     task = load_task(cfg.task)
-    aligned = read_jsonl(run_dir.stage_dir("generate") / "aligned.jsonl")
+    generated = run_dir.stage_dir("generate")
+    aligned = read_jsonl(generated / "aligned.jsonl")
     if task.gold_rationale is not None:
         solved = ((row["question"], task.gold_rationale(row["question"])) for row in aligned)
         return [{"prompt": task.prompt(q), "completion": " " + r} for q, r in solved if r]
+    if (generated / VERIFIED_GOLD).is_file():
+        return [{"prompt": r["prompt"], "completion": r["completion"]}
+                for r in read_jsonl(generated / VERIFIED_GOLD)[: len(aligned)]]
     return [{"prompt": task.prompt(ex.question), "completion": " " + ex.rationale} for ex in task.gold(len(aligned))]
 
 

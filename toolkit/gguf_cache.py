@@ -36,7 +36,7 @@ from .rundir import sha256_file
 PYPI_PREFIX = "pypi:"
 GGUF_MAGIC = b"GGUF"
 RECORD = "gguf_source.json"
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: SentencePiece-BPE GGUF tokenizers rebuilt (edge_tailor.gguf_tokenizer)
 REAL_EXTRA = "pip install -e \".[real]\""  # brings gguf (see pyproject.toml, extra `real`)
 
 CONVERSIONS = 0  # conversions made by this process (tests check that a cached folder is reused)
@@ -342,6 +342,10 @@ def _convert(file: Path, meta: dict, out: Path) -> None:
         arch = meta.get("general.architecture")
         raise InputError(file, None, f"transformers cannot convert this GGUF (architecture {arch!r}): "
                          f"{first_line(exc)}") from None
+    from . import gguf_tokenizer
+
+    if gguf_tokenizer.needs_rebuild(meta, tokenizer.backend_tokenizer):
+        gguf_tokenizer.rebuild(file, meta, tokenizer)
     rules = gguf_tokenizer_rules(meta)
     apply_tokenizer_rules(tokenizer, rules)
     if getattr(model, "generation_config", None) is None:

@@ -56,7 +56,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("distill", "LoRA SFT of the student on the aligned teacher's data, with the target's QAT",
           needs=("generate",), sections=("distill", "evaluate"), uses_target=True,
           # `ablation` reads these: more seeds or the QAT-vs-PTQ arms must not retrain the student
-          ignores=("distill.ablation_seeds", "distill.compare_ptq")),
+          ignores=("distill.ablation_seeds", "distill.ablation_qat", "distill.compare_ptq")),
     Stage("ablation", "student trained on original vs aligned teacher data and gold rationales, several seeds; with "
           "distill.compare_ptq, QAT against PTQ",
           needs=("distill", "baseline"), sections=("distill", "evaluate", "export"), uses_target=True,

@@ -9,10 +9,12 @@ from collections import Counter
 
 from .config import RunConfig
 from .evaluate import binomial_stderr, student_tools
+from .generation import generate
 from .scoring import one_shot_accuracy
 from .tasks.splits import held_out_questions
 from .teaching import draft_questions, require_drafts, write_rationales
 
+VERIFIED_GOLD = "gold.jsonl"  # generate/: answer-verified rationales, the gold ceiling of a task without solutions
 TEACHERS = ("original", "aligned")  # whose data: the base teacher, or the one with the `align` adapters merged in
 ALIGNED = "aligned"
 
@@ -87,3 +89,24 @@ def compare_on_held_out(cfg: RunConfig, task, teacher, student, held_out_seeds, 
             "correct_share": round(sum(d["correct"] for d in drafts) / max(1, len(drafts)), 4),
             "mean_rationale_chars": round(statistics.mean(len(d["rationale"]) for d in drafts), 1) if drafts else 0,
             "style_mix": {k: round(v / max(1, len(usable)), 3) for k, v in sorted(styles.items())}}
+
+
+def verified_rationales(cfg: RunConfig, task, teacher, seed: int) -> tuple[list[dict], dict]:
+    """The gold ceiling's rows for a task that cannot write worked solutions: the teacher's chains of thought to
+    the task's own non-test questions with the task's CoT demonstrations in context (the best prompt the task
+    has), `generate.gold_samples` per question, each distinct one kept where its final answer is the gold one."""
+    demos = [(s.question, s.rationale) for s in task.seed if s.rationale]
+    jobs = [q for q in task.preference for _ in range(cfg.generate.gold_samples)]
+    texts = generate(teacher.model, teacher.tokenizer, [task.prompt(q.question, demos) for q in jobs],
+                     max_new_tokens=cfg.elicit.rationale_tokens, temperature=cfg.elicit.rationale_temperature,
+                     top_p=cfg.elicit.top_p, batch_size=cfg.generate.batch_size, seed=seed, stop=task.style.stop,
+                     description="answer-verified gold rationales")
+    rows, seen = [], set()
+    for q, text in zip(jobs, texts):
+        rationale = text.strip()
+        if task.is_correct(rationale, q) and (q.question, rationale) not in seen:
+            seen.add((q.question, rationale))
+            rows.append({"prompt": task.prompt(q.question), "completion": " " + rationale, "question": q.question,
+                         "answer": q.answer, "rationale": rationale})
+    return rows, {"questions": len(task.preference), "rationales": len(jobs), "verified": len(rows),
+                  "demos": len(demos), "verified_questions": len({r["question"] for r in rows})}

@@ -12,17 +12,20 @@ import json
 import statistics
 
 from ..config import RunConfig
-from ..distillation import CORRECT_FILE, GOLD, distill_and_evaluate, gold_rows
+from ..distillation import CORRECT_FILE, GOLD, distill_and_evaluate, gold_rows, gold_source
 from ..paired import paired_difference
 from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir, write_json_atomic
 from ..tailored import ALIGNED, aligned_arms
-from ..tasks import load_task
+
+
+def _qat(cfg: RunConfig) -> bool:
+    return cfg.distill.qat if cfg.distill.ablation_qat is None else cfg.distill.ablation_qat
 
 
 def _correct(cfg: RunConfig, run_dir: RunDir, arm: str, seed: int) -> list[bool]:
     workdir = run_dir.stage_dir("ablation") / f"trainer-{arm}-{seed}"
-    _, _, _, result = distill_and_evaluate(cfg, run_dir, arm, seed, workdir, cfg.distill.qat)
+    _, _, _, result = distill_and_evaluate(cfg, run_dir, arm, seed, workdir, _qat(cfg))
     return [bool(c) for c in result["correct"]]
 
 
@@ -49,14 +52,15 @@ def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     gold_examples = len(gold_rows(cfg, run_dir))
     aligned = aligned_arms(cfg)
     arms = ["original", *aligned, *([GOLD] if gold_examples else [])]
-    # aligned at the run's seed is the `distill` stage's run (same data and seed), unless a run made before
-    # distill kept its per-question results
+    # aligned at the run's seed is the `distill` stage's run (same data, seed and fake quantization), unless a
+    # run made before distill kept its per-question results
     distilled = run_dir.stage_dir("distill") / CORRECT_FILE
+    reuse = distilled.is_file() and _qat(cfg) == cfg.distill.qat
     jobs = {(arm, s): (cfg, run_dir, arm, s) for arm in arms for s in seeds
-            if not (arm == ALIGNED and s == cfg.seed and distilled.is_file())}
+            if not (arm == ALIGNED and s == cfg.seed and reuse)}
     workers = worker_count(cfg.device, len(jobs), cfg.workers)
     results = run_jobs(_correct, jobs, workers, f"ablation: {len(jobs)} trainings, {workers} at a time")
-    if distilled.is_file():
+    if reuse:
         results[ALIGNED, cfg.seed] = json.loads(distilled.read_text())
     correct = {arm: {s: results[arm, s] for s in seeds} for arm in arms}
     write_json_atomic(run_dir.stage_dir("ablation") / "correct.json",
@@ -70,9 +74,8 @@ def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     out["difference"] = paired_difference(by_teacher_seed if len(aligned) > 1 else correct[ALIGNED],
                                           correct["original"], seed=cfg.seed)
     if gold_examples:
-        questions = ("the aligned teacher's training questions" if load_task(cfg.task).gold_rationale is not None
-                     else "the task's own examples")
-        out["gold"] = {**_summary(list(correct[GOLD].values())), "examples": gold_examples, "questions": questions}
+        out["gold"] = {**_summary(list(correct[GOLD].values())), "examples": gold_examples,
+                       "questions": gold_source(cfg, run_dir)}
         out["aligned_share_of_gold"] = round(out["aligned_teacher"]["mean"] / out["gold"]["mean"], 4) \
             if out["gold"]["mean"] else None
     else:
@@ -80,6 +83,7 @@ def _teachers(cfg: RunConfig, run_dir: RunDir) -> dict:
     before = run_dir.record("baseline")
     if before:
         out["student_before"] = before["metrics"]["student_before"]["accuracy"]
+    out["fake_quantized"] = _qat(cfg)
     out["trainings"] = len(jobs)
     out["workers"] = workers
     return out

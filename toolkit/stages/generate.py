@@ -12,7 +12,8 @@ from ..config import RunConfig
 from ..models import load_model
 from ..parallel import run_jobs, worker_count
 from ..rundir import RunDir, read_jsonl, write_jsonl
-from ..tailored import ALIGNED, compare_on_held_out, data_teachers, tailored_data, teacher_seed_of, training_questions
+from ..tailored import (ALIGNED, VERIFIED_GOLD, compare_on_held_out, data_teachers, tailored_data, teacher_seed_of,
+                        training_questions, verified_rationales)
 from ..tasks import load_task
 from ..tasks.base import Example
 from ..tasks.splits import elicit_seeds, held_out_questions
@@ -99,5 +100,9 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     for which in teachers:
         write_jsonl(folder / f"{which}.jsonl", results[which][0][:budget])
     metrics["budget"] = budget
+    task = load_task(cfg.task)
+    if task.gold_rationale is None and cfg.generate.gold_samples:
+        rows, metrics["verified_gold"] = verified_rationales(cfg, task, _teacher(cfg, run_dir, "original"), cfg.seed)
+        write_jsonl(folder / VERIFIED_GOLD, rows)
     metrics["workers"] = workers
     return {"metrics": metrics}

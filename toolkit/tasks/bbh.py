@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..errors import InputError
 from .answers import extract_answer, infer_answer_kind, normalize
-from .boolean import solve_boolean
+from .boolean import boolean_rationale, solve_boolean
 from .base import ARTE_STYLE, Example, Task
-from .loading import dedupe, default_techniques, read_text, require_str, split_pool
+from .loading import dedupe, default_techniques, length_style, read_text, require_str, split_pool
 
 _OPTION_RE = re.compile(r"^\(([A-Z])\) (.*)$", re.M)
 
@@ -40,6 +40,7 @@ def load_bbh(
     seen = {s.question.strip() for s in seeds}
     pool = [e for e in examples[extra:] if e.question.strip() not in seen]
     preference, test = split_pool(pool, preference_fraction, n_preference, seed)
+    boolean = path.stem == "boolean_expressions"
     return Task(
         name=path.stem,
         description=description,
@@ -50,7 +51,9 @@ def load_bbh(
         style=ARTE_STYLE,
         techniques=default_techniques(kind),
         source=str(path),
-        solver=solve_boolean if path.stem == "boolean_expressions" else None,  # answers computed, not copied
+        solver=solve_boolean if boolean else None,  # answers computed, not copied
+        gold_rationale=boolean_rationale if boolean else None,  # the gold ceiling's worked solutions
+        style_of=length_style,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar
 
@@ -87,6 +88,17 @@ def split_pool(
     return order[:k], order[k:]
 
 
+_FINAL_ANSWER_RE = re.compile(r"(?:so )?the answer is.*$|<ans>.*$", re.I | re.S)
+LENGTH_STYLES = ("answer-only", "short", "medium", "long")  # words of reasoning: < 4, <= 40, <= 100, more
+
+
+def length_style(rationale: str) -> str:
+    """A real rationale's shape by how much reasoning it writes before its final answer: what the learnability
+    gap (Li et al. 2025: students under 3B learn more from short chains of thought) is about."""
+    words = len(_FINAL_ANSWER_RE.sub("", rationale, count=1).split())
+    return "answer-only" if words < 4 else "short" if words <= 40 else "medium" if words <= 100 else "long"
+
+
 _TECHNIQUES = {
     "choice": {"eliminate": "Rule out wrong options one by one, saying why each fails."},
     "bool": {"inside_out": "Evaluate the innermost parts first and substitute their values."},
@@ -121,4 +133,4 @@ def jsonl_task(path: Path, examples: list[Example], *, name: str, description: s
     preference, test = split_pool(examples[n_seed:], preference_fraction, n_preference, seed)
     return Task(name=name, description=description, answer_kind=answer_kind, seed=examples[:n_seed],
                 preference=preference, test=test, style=ARTE_STYLE, techniques=default_techniques(answer_kind),
-                source=str(path))
+                source=str(path), style_of=length_style)
