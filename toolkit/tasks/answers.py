@@ -3,14 +3,23 @@
 Every answer is compared in its canonical form (``normalize``). An answer that does not parse
 as its kind falls back to the text form, so it can still match a gold answer that is equally
 off-kind (BBH's movie_recommendation has one target "Monsters, Inc" among the letters).
+
+The bottom of ``tasks``: it imports nothing from the package (``base`` imports it), so an answer style
+is anything with the two tag attributes (``AnswerTags``), e.g. ``base.PromptStyle``.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
+from typing import Protocol
 
-from .base import PromptStyle
+
+class AnswerTags(Protocol):
+    """Where a completion states its answer: between ``answer_open`` and ``answer_close`` (empty: the line's end)."""
+
+    answer_open: str
+    answer_close: str
 
 ANSWER_KINDS = ("choice", "bool", "validity", "yesno", "number", "text")
 
@@ -85,7 +94,7 @@ def normalize(answer: str, kind: str) -> str:
     return _text(text)
 
 
-def _tagged(completion: str, style: PromptStyle) -> str | None:
+def _tagged(completion: str, style: AnswerTags) -> str | None:
     if not style.answer_open:
         return None
     open_, close = re.escape(style.answer_open), re.escape(style.answer_close)
@@ -117,7 +126,7 @@ def _fallback(completion: str, kind: str) -> str | None:
     return None  # free text has no shape to look for
 
 
-def extract_answer(completion: str, kind: str, style: PromptStyle) -> str | None:
+def extract_answer(completion: str, kind: str, style: AnswerTags) -> str | None:
     """The final answer in a completion, normalized; None when it states none.
 
     Tries, in order, the style's answer tags, then ``#### X`` or "the answer is X", then the

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .answers import extract_answer, normalize
+
 
 @dataclass(frozen=True)
 class Example:
@@ -96,13 +98,9 @@ class Task:
             raise ValueError(f"task {self.name!r}: drafting='lines' needs a drafting_prompt")
 
     def extract(self, completion: str) -> str | None:
-        from .answers import extract_answer
-
         return extract_answer(completion, self.answer_kind, self.style)
 
     def is_correct(self, completion: str, example: Example) -> bool:
-        from .answers import normalize
-
         got = self.extract(completion)
         return got is not None and got == normalize(example.answer, self.answer_kind)
 
