@@ -32,13 +32,20 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 
 def cli_page() -> str:
-    os.environ["COLUMNS"] = WIDTH
     from edge_tailor.cli import build_parser
 
     parser = build_parser()
-    parts = ["## `tailor --help`", "", "```text", parser.format_help().rstrip(), "```"]
-    for sub in _subcommands(parser):
-        parts += ["", f"## `{sub.prog} --help`", "", "```text", sub.format_help().rstrip(), "```"]
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = WIDTH
+    try:
+        parts = ["## `tailor --help`", "", "```text", parser.format_help().rstrip(), "```"]
+        for sub in _subcommands(parser):
+            parts += ["", f"## `{sub.prog} --help`", "", "```text", sub.format_help().rstrip(), "```"]
+    finally:  # the process's own width, as it was (rich and argparse read it)
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
     return "\n".join(parts) + "\n"
 
 
