@@ -2,6 +2,13 @@
 question difficulty, SFT on one kind alone with the `distill` stage's recipe and budget.
 
     python -m edge_tailor.benchmarks.learnability [--seeds 2] [--out runs/learnability]
+    python -m edge_tailor.benchmarks.learnability --config configs/smollm2-arte.yaml --run runs/smollm2-arte
+
+With ``--run`` (a finished run of a real task whose worked solutions come in several styles, `Task.gold_styles`:
+BBH boolean_expressions), each arm trains the run's student on the task's worked solutions in one style to the
+run's own training questions (`generate/questions.jsonl`, as many as its ablation's budget), with the ablation's
+recipe (`distill.ablation_qat`), scored on the same test questions; the one-shot signal is the untrained
+student's accuracy on the run's preference set with demonstrations of that style.
 
 Each arm trains the default student on ``--examples`` gold-correct examples of one kind (fresh problems,
 none from any split; style arms draw the task's mix of 1-3 operations, difficulty arms the step style),
@@ -98,11 +105,45 @@ def _job(cfg, arm: str, seed: int | None, n: int) -> float:
     return train_and_test(cfg, task, arm_rows(task, style, ops, n, seed), seed)
 
 
+def run_questions(run: Path, n: int) -> tuple[list[str], list]:
+    """A real run's training questions (the first `n`) and its preference set (edge_tailor.tasks Examples)."""
+    from edge_tailor.rundir import read_jsonl
+    from edge_tailor.tasks.base import Example
+
+    questions = [r["question"] for r in read_jsonl(run / "generate" / "questions.jsonl")][:n]
+    preference = [Example(r["question"], r["answer"]) for r in read_jsonl(run / "prefer" / "preference_set.jsonl")]
+    return questions, preference
+
+
+def _real_job(cfg, run: Path, style: str, seed: int | None, n: int) -> float:
+    """One training on the worked solutions in `style` (student seed `seed`), or with seed None its one-shot signal."""
+    from edge_tailor.evaluate import student_tools
+    from edge_tailor.models import load_model
+    from edge_tailor.scoring import one_shot_accuracy
+    from edge_tailor.tasks import load_task
+
+    task = load_task(cfg.task)
+    questions, preference = run_questions(run, n)
+    solved = [(q, task.gold_in_style(q, style)) for q in questions]
+    if seed is None:
+        student = load_model(cfg.student, cfg.device)
+        scores = one_shot_accuracy(student.model, student.tokenizer, task, solved[:4], preference,
+                                   max_new_tokens=cfg.prefer.max_new_tokens, batch_size=cfg.prefer.batch_size,
+                                   tools=student_tools(cfg.evaluate.calculator, task), description="one-shot")
+        return round(statistics.mean(scores), 4)
+    rows = [{"prompt": task.prompt(q), "completion": " " + r} for q, r in solved if r]
+    return train_and_test(cfg, task, rows, seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2, help="student seeds per arm")
-    parser.add_argument("--examples", type=int, help="training examples per arm (default: generate.examples)")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
+    parser.add_argument("--examples", type=int, help="training examples per arm (default: generate.examples; with "
+                        "--run, the run's ablation budget)")
+    parser.add_argument("--arms", help=f"comma-separated subset of the arms (embedded world: {', '.join(ARMS)}; "
+                        "with --run: the task's worked-solution styles)")
+    parser.add_argument("--config", help="run config (default: the embedded world); a real task needs --run")
+    parser.add_argument("--run", type=Path, help="a finished run of --config: its training questions and preference set")
     parser.add_argument("--out", type=Path, default=Path("runs/learnability"))
     args = parser.parse_args(argv)
     import torch
@@ -110,21 +151,32 @@ def main(argv: list[str] | None = None) -> int:
     from edge_tailor.config import load_config
     from edge_tailor.tasks import load_task
 
-    cfg = load_config()
+    cfg = load_config(args.config)
     torch.set_num_threads(cfg.threads or 1)
     task = load_task(cfg.task)
-    n = args.examples or cfg.generate.examples
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
+    if args.run is not None:
+        if not task.gold_styles:
+            parser.error(f"task {task.name} renders its worked solutions in no more than one style: nothing to compare")
+        known = {a: a for a in task.gold_styles}
+        n = args.examples or len((args.run / "generate" / "aligned.jsonl").read_text().splitlines())
+        job, ablation = _real_job, cfg.distill.qat if cfg.distill.ablation_qat is None else cfg.distill.ablation_qat
+        cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"qat": ablation})})
+    elif task.name != "toy-arith" and not task.gold_styles:
+        parser.error("a real task needs --run DIR (a finished run of --config) and worked solutions in several styles")
+    else:
+        known, n, job = ARMS, args.examples or cfg.generate.examples, _job
+    arms = [a.strip() for a in (args.arms or ",".join(known)).split(",") if a.strip()]
+    unknown = [a for a in arms if a not in known]
     if unknown:
-        parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     from edge_tailor.parallel import run_jobs, worker_count
 
     started = time.perf_counter()
     seeds = [cfg.seed + s for s in range(args.seeds)]
-    jobs = {(arm, seed): (cfg, arm, seed, n) for arm in arms for seed in [*seeds, None]}
+    head = (cfg, args.run) if args.run is not None else (cfg,)
+    jobs = {(arm, seed): (*head, arm, seed, n) for arm in arms for seed in [*seeds, None]}
     workers = worker_count(cfg.device, len(jobs), cfg.workers)
-    done = run_jobs(_job, jobs, workers, f"learnability: {len(jobs)} jobs, {workers} at a time")
+    done = run_jobs(job, jobs, workers, f"learnability: {len(jobs)} jobs, {workers} at a time")
     results = {}
     for arm in arms:
         accuracies = [done[arm, seed] for seed in seeds]
@@ -132,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                         "one_shot": done[arm, None]}
         print(f"[learnability] {arm}: SFT {results[arm]['mean']:.3f} {accuracies}, "
               f"one-shot {results[arm]['one_shot']:.3f}", file=sys.stderr)
-    report = {"examples": n, "steps": cfg.distill.max_steps, "qat": cfg.distill.qat, "workers": workers,
-              "one_shot_questions": len(task.preference),
+    one_shot_questions = len(run_questions(args.run, 0)[1]) if args.run is not None else len(task.preference)
+    report = {"config": args.config, "run": str(args.run) if args.run else None, "task": task.name,
+              "examples": n, "steps": cfg.distill.max_steps, "qat": cfg.distill.qat, "workers": workers,
+              "one_shot_questions": one_shot_questions,
               "test_questions": min(cfg.evaluate.test_questions, len(task.test)), "seeds": args.seeds,
               "results": results, "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,13 @@ def assemble(run: RunDir, target_name: str) -> dict:
                      "student_before": accuracy["student_before"]},
         "latency": latency,
         "alignment": {"held_out": rec["generate"].get("held_out"), "pairs": rec["align"].get("pairs"),
-                      "reward_margin": rec["align"].get("reward_margin")},
+                      "reward_margin": rec["align"].get("reward_margin"),
+                      # what the student's one-shot score could tell apart (edge_tailor.arte.signal_quality)
+                      "signal": {"by_technique": rec["prefer"].get("score_by_technique"),
+                                 "std_by_technique": rec["prefer"].get("score_std_by_technique"),
+                                 **(rec["prefer"].get("signal") or {})} if rec["prefer"] else None,
+                      # the style mix of each teacher's training data (Task.style_of)
+                      "data_style_mix": {t: d.get("style_mix") for t, d in (rec["generate"].get("data") or {}).items()}},
         # the shipped file against the fp32 graph, per held-out position (edge_tailor.export.fidelity)
         "fidelity": export.get("fidelity"),
         # with distill.compare_ptq: each arm's quantized file against its own fp32 graph (edge_tailor.qat_vs_ptq)
@@ -248,6 +254,28 @@ def qat_vs_ptq_lines(comparison: dict | None) -> list[str]:
     return lines
 
 
+def signal_lines(alignment: dict) -> list[str]:
+    """What the student's one-shot score told apart, and the style mix of each teacher's training data."""
+    sig, mixes = alignment.get("signal") or {}, alignment.get("data_style_mix") or {}
+    lines = []
+    if sig.get("by_technique"):
+        std = sig.get("std_by_technique") or {}
+        per = ", ".join(f"{t} {v:.3f}" + (f" +- {std[t]:.3f}" if t in std else "")
+                        for t, v in sig["by_technique"].items())
+        lines += ["", f"The student's one-shot score by drafting technique (mean +- spread across drafts): {per}."]
+        if sig.get("sampling_error") is not None:
+            reliability = ("n/a (no spread)" if sig.get("reliability") is None else
+                           f"{sig['reliability']:.2f} (split-half r {sig['split_half_r']:.2f})")
+            lines.append(f"Across {sig['drafts']} drafts the scores spread by {sig['score_std']:.3f}, against a "
+                         f"sampling error of {sig['sampling_error']:.3f} for one draft on {sig['questions']} "
+                         f"questions; reliability {reliability}: near 0, the pairs DPO learns from are noise.")
+    if any(mixes.values()):
+        lines += ["", "Style mix of each teacher's training data: " + "; ".join(
+            f"{t}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(m.items(), key=lambda kv: -kv[1]))
+            for t, m in mixes.items() if m) + "."]
+    return lines
+
+
 def ablation_verdict(ab: dict) -> str:
     """One sentence: the aligned-minus-original difference with its paired bootstrap interval (or, in a
     report made before the interval was recorded, against the standard error over seeds)."""
@@ -321,6 +349,7 @@ def markdown(report: dict, plot_folder: str) -> str:
                   f"ceiling ({ab['gold']['examples']} gold examples, "
                   + (f"on {ab['gold']['questions']}, " if ab["gold"].get("questions") else "")
                   + "the same training budget)."]
+    lines += signal_lines(report.get("alignment") or {})
     held = (report.get("alignment") or {}).get("held_out") or {}
     if held:
         lines += ["", "What alignment changed in the teacher's drafts (held-out seeds):", "",

@@ -86,3 +86,26 @@ def test_a_skipped_ablation_reads_as_not_measured_and_annotations_are_counted(tm
     assert info["training_data"].startswith("600 examples written by the teacher")
     assert "73 TeacherLM annotations" in info["training_data"]
     assert "ARTE ablation: not measured" in info["method"] and "None" not in info["method"]
+
+
+def test_the_report_says_what_the_one_shot_signal_could_tell_apart(tmp_path):
+    from edge_tailor.arte import signal_quality
+    from edge_tailor.benchmarks.report import markdown
+
+    run = _records(tmp_path, True)
+    noise = [[(i * 7 + j * 3) % 5 < 2 for j in range(32)] for i in range(12)]
+    write_json_atomic(run.record_path("prefer"), {"stage": "prefer", "metrics": {
+        "drafts_scored": 12, "scorer": "in_context", "preference_set": {"kept": 32, "of": 48, "method": "index"},
+        "score_by_technique": {"decompose": 0.41, "verify": 0.44}, "score_std_by_technique": {"decompose": 0.08,
+                                                                                              "verify": 0.07},
+        "signal": signal_quality(noise)}})
+    write_json_atomic(run.record_path("generate"), {"stage": "generate", "metrics": {"data": {
+        "original": {"style_mix": {"answer-only": 0.6, "short": 0.4}}, "aligned": {"style_mix": {"short": 1.0}}}}})
+    report = assemble(run, "ci-x86") | {"passed": True, "budgets": {}}
+    sig = report["alignment"]["signal"]
+    assert sig["by_technique"] == {"decompose": 0.41, "verify": 0.44} and sig["drafts"] == 12 and sig["questions"] == 32
+    assert report["alignment"]["data_style_mix"]["original"] == {"answer-only": 0.6, "short": 0.4}
+    text = markdown(report, "plots")
+    assert "decompose 0.410 +- 0.080, verify 0.440 +- 0.070" in text
+    assert f"sampling error of {sig['sampling_error']:.3f} for one draft on 32 questions" in text
+    assert "original: answer-only 60%, short 40%; aligned: short 100%" in text

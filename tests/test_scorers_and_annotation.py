@@ -10,7 +10,7 @@ import torch
 
 import edge_tailor.annotate as annotate_module
 from edge_tailor.annotate import annotate, first_paragraph
-from edge_tailor.arte import one_shot_scores
+from edge_tailor.arte import one_shot_results, signal_quality
 from edge_tailor.config import ModelSpec, load_config
 from edge_tailor.models import load_model
 from edge_tailor.scoring import influence_scores
@@ -53,9 +53,25 @@ def test_one_shot_scores_are_the_same_split_across_worker_processes():
     # step-by-step and answer-only demonstrations: the student's one-shot accuracy differs between them
     demos = [(ex.question, ex.rationale if i % 2 else f"#### {ex.answer}") for i, ex in enumerate(TASK.seed[:5])]
     preference = TASK.preference[:12]
-    serial = one_shot_scores(cfg.model_copy(update={"workers": 1}), TASK, student, demos, preference)
-    split = one_shot_scores(cfg.model_copy(update={"workers": 2}), TASK, student, demos, preference)
-    assert split == serial and len(serial) == 5 and len(set(serial)) > 1  # order kept; the demos differ
+    serial = one_shot_results(cfg.model_copy(update={"workers": 1}), TASK, student, demos, preference)
+    split = one_shot_results(cfg.model_copy(update={"workers": 2}), TASK, student, demos, preference)
+    assert split == serial and len(serial) == 5 and all(len(c) == 12 for c in serial)  # order kept
+    assert len({sum(c) for c in serial}) > 1  # the demos differ
+
+
+def test_signal_quality_tells_a_real_spread_from_noise():
+    import random
+
+    rng = random.Random(0)
+    # drafts that differ for real: each draft's questions share its own accuracy (0.1 .. 0.9)
+    real = [[rng.random() < p for _ in range(64)] for p in [0.1, 0.3, 0.5, 0.7, 0.9] * 6]
+    # drafts that do not: every one a coin flip per question
+    noise = [[rng.random() < 0.5 for _ in range(64)] for _ in range(30)]
+    good, bad = signal_quality(real), signal_quality(noise)
+    assert good["reliability"] > 0.8 and good["score_std"] > 2 * good["sampling_error"]
+    assert abs(bad["split_half_r"]) < 0.4 and bad["score_std"] < 1.5 * bad["sampling_error"]
+    assert good["questions"] == 64 and good["drafts"] == 30
+    assert signal_quality([[True, False, True, False]] * 3)["reliability"] is None  # no spread to correlate
 
 
 def test_first_paragraph_skips_leading_blank_lines():

@@ -22,7 +22,7 @@ from .models import load_model
 from .pairs import question_pairs, rationale_pairs
 from .parallel import run_jobs, worker_count
 from .preference_set import choose_items, load_model_results
-from .scoring import influence_scores, one_shot_accuracy, one_shot_correct
+from .scoring import influence_scores, one_shot_correct
 from .tasks import load_task
 from .tasks.base import Example
 from .tasks.splits import elicit_seeds, held_out_questions
@@ -101,24 +101,46 @@ def choose_preference_set(cfg: RunConfig, task, student, usable: list[dict]) -> 
     return [validation[i] for i in keep], selection
 
 
-def _one_shot_scores(cfg: RunConfig, demos: list[tuple[str, str]], preference: list[Example]) -> list[float]:
+def _one_shot_correct(cfg: RunConfig, demos: list[tuple[str, str]], preference: list[Example]) -> list[list[bool]]:
     task, student = load_task(cfg.task), load_model(cfg.student, cfg.device)
-    return one_shot_accuracy(student.model, student.tokenizer, task, demos, preference, **_score_args(cfg, task))
+    return one_shot_correct(student.model, student.tokenizer, task, demos, preference, **_score_args(cfg, task))
 
 
-def one_shot_scores(cfg: RunConfig, task, student, demos: list[tuple[str, str]], preference: list[Example]):
-    """s_r of every demo; on a multi-core CPU the demos are split across worker processes."""
+def one_shot_results(cfg: RunConfig, task, student, demos: list[tuple[str, str]],
+                     preference: list[Example]) -> list[list[bool]]:
+    """Per demo, which preference questions the student gets right with it (s_r is the mean); on a multi-core
+    CPU the demos are split across worker processes."""
     workers = worker_count(cfg.device, len(demos), cfg.workers)
     if workers == 1:
-        return one_shot_accuracy(student.model, student.tokenizer, task, demos, preference,
-                                 description="scoring drafts (one-shot)", **_score_args(cfg, task))
+        return one_shot_correct(student.model, student.tokenizer, task, demos, preference,
+                                description="scoring drafts (one-shot)", **_score_args(cfg, task))
     chunks = [demos[i::workers] for i in range(workers)]
-    done = run_jobs(_one_shot_scores, {i: (cfg, chunk, preference) for i, chunk in enumerate(chunks)}, workers,
+    done = run_jobs(_one_shot_correct, {i: (cfg, chunk, preference) for i, chunk in enumerate(chunks)}, workers,
                     f"scoring {len(demos)} drafts (one-shot), {workers} processes")
-    scores = [0.0] * len(demos)
+    results: list[list[bool]] = [[] for _ in demos]
     for i in range(workers):
-        scores[i::workers] = done[i]
-    return scores
+        results[i::workers] = done[i]
+    return results
+
+
+def signal_quality(correct: list[list[bool]]) -> dict:
+    """How much of the spread between drafts' one-shot scores is signal: the spread itself, one draft's binomial
+    sampling error, and the split-half reliability (scores on odd vs even preference questions, Pearson r, and
+    Spearman-Brown corrected to the whole set). Near-zero reliability means the student cannot tell drafts apart
+    on this preference set, so DPO pairs are noise."""
+    scores = [sum(c) / len(c) for c in correct]
+    n = len(correct[0]) if correct else 0
+    out = {"drafts": len(scores), "questions": n,
+           "score_std": round(statistics.pstdev(scores), 4) if scores else None,
+           "sampling_error": round(statistics.mean((s * (1 - s) / n) ** 0.5 for s in scores), 4) if n else None}
+    halves = [[sum(c[h::2]) / len(c[h::2]) for c in correct] for h in (0, 1)] if n >= 4 else None
+    if halves and len(scores) > 2 and statistics.pstdev(halves[0]) > 0 and statistics.pstdev(halves[1]) > 0:
+        r = float(np.corrcoef(halves[0], halves[1])[0, 1])
+        out["split_half_r"] = round(r, 4)
+        out["reliability"] = round(2 * r / (1 + r), 4) if r > -1 else None
+    else:
+        out["split_half_r"] = out["reliability"] = None  # every draft scored alike on a half: no spread to correlate
+    return out
 
 
 def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: list[Example]):
@@ -128,7 +150,10 @@ def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: 
     if not demos:
         scores = []
     elif cfg.prefer.scorer == "in_context":
-        scores = one_shot_scores(cfg, task, student, demos, preference)
+        correct = one_shot_results(cfg, task, student, demos, preference)
+        scores = [sum(c) / len(c) for c in correct]
+        for d, c in zip(usable, correct):
+            d["correct"] = c  # per preference question: what the signal's reliability is measured from
     else:
         scores = influence_scores(student.model, student.tokenizer, task, demos, preference[:32])
     for d, s in zip(usable, scores):
@@ -146,8 +171,11 @@ def score_drafts(cfg: RunConfig, task, student, drafts: list[dict], preference: 
         "drafts_unscored_probes": sum(bool(d.get("probe")) for d in drafts),
         "mean_score": round(statistics.mean(scores), 4) if scores else None,
         "score_by_technique": {t: round(statistics.mean(v), 4) for t, v in by_technique.items()},
+        "score_std_by_technique": {t: round(statistics.pstdev(v), 4) for t, v in by_technique.items()},
         "questions_scored": len(question_scores),
     }
+    if cfg.prefer.scorer == "in_context" and demos:
+        metrics["signal"] = signal_quality([d["correct"] for d in usable])
     return question_scores, metrics
 
 

@@ -86,6 +86,10 @@ class Task:
     # the task's own worked solution of any question it can solve (the embedded world renders one); then the
     # gold ceiling trains on gold rationales to the very questions the teachers wrote rationales to
     gold_rationale: Callable[[str], str | None] | None = None
+    # the same worked solution rendered in each of `gold_styles` (question, style) -> rationale: what the
+    # learnability benchmark trains one arm on per style; () where the task renders one style only
+    gold_in_style: Callable[[str, str], str | None] | None = None
+    gold_styles: tuple[str, ...] = ()
 
     def gold(self, n: int) -> list[Example]:
         """Up to ``n`` non-test examples with gold rationales: what the gold-ceiling student trains on."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .answers import extract_answer, infer_answer_kind, normalize
-from .boolean import boolean_rationale, solve_boolean
+from .boolean import STYLES, boolean_rationale, solve_boolean
 from .base import ARTE_STYLE, Example, Task
 from .loading import dedupe, default_techniques, length_style, read_text, require_str, split_pool
 
@@ -53,6 +53,8 @@ def load_bbh(
         source=str(path),
         solver=solve_boolean if boolean else None,  # answers computed, not copied
         gold_rationale=boolean_rationale if boolean else None,  # the gold ceiling's worked solutions
+        gold_in_style=boolean_rationale if boolean else None,
+        gold_styles=STYLES if boolean else (),
         style_of=length_style,
     )
 
