@@ -49,3 +49,27 @@ def test_length_style_counts_reasoning_before_the_answer():
     assert length_style(boolean_rationale("not ( True ) is", "verbose")) == "medium"
     assert length_style(" ".join(["word"] * 120) + " So the answer is (A).") == "long"
     assert load_bbh(FIXTURE).style_of is length_style
+
+
+def test_a_teacher_with_demonstrations_writes_and_is_aligned_from_the_same_prompt():
+    from edge_tailor.config import ElicitConfig
+    from edge_tailor.pairs import rationale_pairs
+    from edge_tailor.teaching import rationale_prompt, teacher_demos
+
+    cot = FIXTURE.parent.parent / "cot-prompts" / "boolean_expressions.txt"
+    task = load_bbh(FIXTURE, cot)
+    zero, three = ElicitConfig(), ElicitConfig(rationale_demos=3)
+    q = "not ( True ) and False is"
+    assert rationale_prompt(task, q, zero) == task.prompt(q) and teacher_demos(task, zero) == []
+    demos = teacher_demos(task, three)
+    assert len(demos) == 3 and all(r for _, r in demos)
+    erased = rationale_prompt(task, q, three)
+    assert erased == task.prompt(q, demos) and erased.count("Question:") == 4
+    technique = rationale_prompt(task, q, three, "inside_out")
+    assert task.techniques["inside_out"] in technique and technique.replace(task.techniques["inside_out"] + "\n", "") \
+        == erased  # the technique line is all that prompt erasure removes
+    drafts = [{"question": q, "rationale": "a", "score": 0.6, "correct": True, "technique": "inside_out"},
+              {"question": q, "rationale": "b", "score": 0.2, "correct": False, "technique": "verify"}]
+    pair, = rationale_pairs(task, drafts, 0.04, prompt=lambda x: rationale_prompt(task, x, three))
+    assert pair["prompt"] == erased and pair["chosen"] == " a"
+    assert task.style.stop[-2:] == ("answer is True.", "answer is False.")  # decodes end after the stated answer

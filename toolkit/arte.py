@@ -26,7 +26,7 @@ from .scoring import influence_scores, one_shot_correct
 from .tasks import load_task
 from .tasks.base import Example
 from .tasks.splits import elicit_seeds, held_out_questions
-from .teaching import draft_questions, require_drafts, write_rationales
+from .teaching import draft_questions, rationale_prompt, require_drafts, write_rationales
 
 
 # --- elicit -----------------------------------------------------------------------------------------
@@ -198,6 +198,7 @@ def build_pairs(cfg: RunConfig, task, drafts: list[dict], question_scores: list[
         pairs += question_pairs(task, question_scores, answers, seeds, cfg.elicit.seeds_per_prompt,
                                 cfg.align.question_pairs_max, rng, difficulty=solution_length(cfg, task))
     if cfg.align.rationale_pairs:
-        pairs += rationale_pairs(task, drafts, cfg.align.min_score_gap)
+        pairs += rationale_pairs(task, drafts, cfg.align.min_score_gap,
+                                 prompt=lambda q: rationale_prompt(task, q, cfg.elicit))
     rng.shuffle(pairs)
     return pairs

@@ -51,8 +51,11 @@ def question_pairs(task: Task, question_scores: Sequence[dict], answers: dict[st
     return pairs
 
 
-def rationale_pairs(task: Task, drafts: Sequence[dict], min_gap: float) -> list[dict]:
-    """Best against worst rationale of each question; the chosen one must be well-formed and correct."""
+def rationale_pairs(task: Task, drafts: Sequence[dict], min_gap: float,
+                    prompt: Callable[[str], str] | None = None) -> list[dict]:
+    """Best against worst rationale of each question; the chosen one must be well-formed and correct. `prompt`:
+    the erased prompt the teacher writes from (default the task's zero-shot prompt)."""
+    prompt = prompt or task.prompt
     by_question = defaultdict(list)
     for d in drafts:
         if d.get("score") is not None:
@@ -63,7 +66,7 @@ def rationale_pairs(task: Task, drafts: Sequence[dict], min_gap: float) -> list[
         best, worst = group[0], group[-1]
         if not best["correct"] or best["score"] - worst["score"] < min_gap:
             continue
-        pairs.append({"kind": "rationale", "prompt": task.prompt(question), "chosen": " " + best["rationale"],
+        pairs.append({"kind": "rationale", "prompt": prompt(question), "chosen": " " + best["rationale"],
                       "rejected": " " + worst["rationale"], "score_gap": best["score"] - worst["score"],
                       "chosen_technique": best["technique"], "rejected_technique": worst["technique"]})
     return pairs

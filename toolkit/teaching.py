@@ -59,12 +59,24 @@ def require_drafts(filt: DraftFilter, raw: int, who: str = "teacher") -> None:
     raise InputError("config", who, why + ". Use an instruction-following teacher, or raise elicit.max_new_tokens")
 
 
+def teacher_demos(task: Task, cfg: ElicitConfig) -> list[tuple[str, str]]:
+    """The worked demonstrations the teacher sees before each question (`elicit.rationale_demos`)."""
+    return [(s.question, s.rationale) for s in task.seed if s.rationale][: cfg.rationale_demos]
+
+
+def rationale_prompt(task: Task, question: str, cfg: ElicitConfig, technique: str | None = None) -> str:
+    """What the teacher is asked to write a rationale to: technique None is the plain (erased) prompt, which the
+    DPO pairs train on and the training data is written from."""
+    demos = teacher_demos(task, cfg)
+    return task.technique_prompt(question, technique, demos) if technique else task.prompt(question, demos)
+
+
 def write_rationales(model, tokenizer, task: Task, questions: Sequence[Example], cfg: ElicitConfig, *,
                      techniques: Sequence[str | None], temperature: float, seed: int,
                      description: str = "writing rationales") -> list[dict]:
     """One rationale per (question, technique); technique None is the plain (erased) prompt."""
     jobs = [(q, t) for q in questions for t in techniques]
-    prompts = [task.technique_prompt(q.question, t) if t else task.prompt(q.question) for q, t in jobs]
+    prompts = [rationale_prompt(task, q.question, cfg, t) for q, t in jobs]
     tools = tool_settings(task, cfg)
     solutions = [task.solution_steps(q.question) or [] for q, _ in jobs] if tools.grounding else None
     texts = generate(model, tokenizer, prompts, max_new_tokens=cfg.rationale_tokens, temperature=temperature,

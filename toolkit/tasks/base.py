@@ -112,8 +112,9 @@ class Task:
         header = self.style.header.format(description=self.description) if self.style.header else ""
         return header + PromptStyle(self.style.demo, self.style.query).render(question, demos)
 
-    def technique_prompt(self, question: str, technique: str) -> str:
-        """The zero-shot prompt with a reasoning-technique instruction on the line before the answer."""
-        plain = self.prompt(question)
+    def technique_prompt(self, question: str, technique: str, demos: Sequence[tuple[str, str]] = ()) -> str:
+        """The prompt (zero-shot, or after `demos`) with a reasoning-technique instruction on the line before the
+        answer."""
+        plain = self.prompt(question, demos)
         head, _, tail = plain.rpartition("\n")
         return f"{head}\n{self.techniques[technique]}\n{tail}"

@@ -10,7 +10,7 @@ from ..errors import InputError
 from .answers import extract_answer, infer_answer_kind, normalize
 from .boolean import STYLES, boolean_rationale, solve_boolean
 from .base import ARTE_STYLE, Example, Task
-from .loading import dedupe, default_techniques, length_style, read_text, require_str, split_pool
+from .loading import answer_style, dedupe, default_techniques, length_style, read_text, require_str, split_pool
 
 _OPTION_RE = re.compile(r"^\(([A-Z])\) (.*)$", re.M)
 
@@ -48,7 +48,7 @@ def load_bbh(
         seed=seeds,
         preference=preference,
         test=test,
-        style=ARTE_STYLE,
+        style=answer_style(kind, [e.answer for e in examples]),
         techniques=default_techniques(kind),
         source=str(path),
         solver=solve_boolean if boolean else None,  # answers computed, not copied

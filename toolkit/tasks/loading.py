@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence, TypeVar
 
 from ..errors import InputError
-from .base import Example
+from .base import ARTE_STYLE, Example, PromptStyle
 
 if TYPE_CHECKING:
     from .base import Task
@@ -109,6 +109,19 @@ _TECHNIQUES = {
     "number": {"equations": "Write each quantity as an equation and compute the results one at a time."},
     "text": {"restate": "Say exactly what form the answer must take, then build it piece by piece."},
 }
+
+
+_ANSWER_WORDS = {"bool": ("True", "False"), "yesno": ("Yes", "No"), "validity": ("valid", "invalid")}
+
+
+def answer_style(kind: str, answers: Sequence[str] = ()) -> PromptStyle:
+    """The ARTE layout whose completions also end right after a closed-vocabulary answer sentence ("So the answer
+    is True." as a BBH CoT demonstration ends): a batch of decodes otherwise runs on for as many tokens as the
+    longest rambling row, and what follows the first stated answer is never read."""
+    from dataclasses import replace
+
+    words = _ANSWER_WORDS.get(kind) or (sorted(set(answers)) if kind == "choice" else ())
+    return replace(ARTE_STYLE, stop=ARTE_STYLE.stop + tuple(f"answer is {w}." for w in words))
 
 
 def default_techniques(kind: str) -> dict[str, str]:
