@@ -9,6 +9,9 @@ and one fenced YAML block: `id`, `recipe` (a config under configs/), `date` ("YY
 `commit`, `cpu`, `command`, and, on runs that stand for their recipe, `headline:` with the figures as
 measured, written as text and copied into the table verbatim. The table has one row per recipe with
 an entry: the newest entry that has `headline:` (a recipe without one has no row).
+
+The README's ARTE table ("Real models") is built the same way from entries with an `arte:` block (the
+ablation of one run on one task: arms, interval, gold, stage minutes): one row per (recipe, task), the newest.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ COLUMNS = (
     ("verdict, wall time", ("verdict",)),
 )
 HEADLINE_KEYS = frozenset(k for _, keys in COLUMNS for k in keys)
+ARTE_BEGIN = "<!-- ARTE table: built by `python -m edge_tailor.benchmarks.headline` from benchmarks/RESULTS.md; " \
+             "do not edit by hand -->"
+ARTE_END = "<!-- end of ARTE table -->"
+# (column title, arte key): every key is required, an ARTE row without one would read as a result it is not
+ARTE_COLUMNS = (
+    ("task", "task"),
+    ("pairs (seeds x test questions)", "n"),
+    ("original teacher's data", "original"),
+    ("aligned teacher's data", "aligned"),
+    ("gold (which)", "gold"),
+    ("aligned - original [95%]", "difference"),
+    ("minutes per stage", "minutes"),
+)
+ARTE_KEYS = tuple(k for _, k in ARTE_COLUMNS)
 _FENCE = re.compile(r"^```yaml\n(.*?)^```$", re.S | re.M)
 _EXAMPLE = re.compile(r"^~~~.*?^~~~$", re.S | re.M)  # a ~~~ block shows the shape of an entry: not one
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[ T](\d{1,2}):(\d{2}))?")
@@ -92,6 +109,15 @@ def entries(text: str, source: str = RESULTS) -> list[Entry]:
                 raise ResultsError(f"{source}: line {line}: unknown headline key(s) {', '.join(unknown)} "
                                    f"(known: {', '.join(sorted(HEADLINE_KEYS))})")
             fields["headline"] = {k: str(v) for k, v in headline.items()}
+        arte = fields.get("arte")
+        if arte is not None:
+            if not isinstance(arte, dict):
+                raise ResultsError(f"{source}: line {line}: arte must be a mapping")
+            wrong = sorted(set(arte) ^ set(ARTE_KEYS))
+            if wrong:
+                raise ResultsError(f"{source}: line {line}: arte must have exactly the keys {', '.join(ARTE_KEYS)} "
+                                   f"(wrong: {', '.join(wrong)})")
+            fields["arte"] = {k: str(v) for k, v in arte.items()}
         out.append(Entry(fields, line))
     ids = [e.fields["id"] for e in out]
     twice = sorted({i for i in ids if ids.count(i) > 1})
@@ -116,6 +142,17 @@ def newest_headlines(found: list[Entry]) -> list[Entry]:
     return [best[r] for r in sorted(best, key=lambda r: (r != "default", r))]
 
 
+def newest_arte(found: list[Entry]) -> list[Entry]:
+    """Per (recipe, task), the newest entry with an ARTE ablation, by recipe then task."""
+    best: dict[tuple[str, str], Entry] = {}
+    for e in found:
+        if "arte" in e.fields:
+            key = (e.recipe, e.fields["arte"]["task"])
+            if key not in best or e.when > best[key].when:
+                best[key] = e
+    return [best[k] for k in sorted(best)]
+
+
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
@@ -135,12 +172,29 @@ def table(found: list[Entry]) -> str:
     return "\n".join(rows)
 
 
+def arte_table(found: list[Entry]) -> str:
+    head = ["recipe"] + [title for title, _ in ARTE_COLUMNS] + ["measured on: CPU; commit, date"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for e in newest_arte(found):
+        f, a = e.fields, e.fields["arte"]
+        cells = [f"[`{e.recipe}`](configs/{e.recipe}.yaml)"] + [a[k] for k in ARTE_KEYS]
+        cells.append(f"{f['cpu'].split(' (')[0]}; [{f['commit'].split()[0]}, {f['date'][:10]}]({RESULTS}#{f['id']})")
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def _replace(readme: str, begin: str, end: str, body: str, what: str) -> str:
+    start, stop = readme.find(begin), readme.find(end)
+    if start < 0 or stop < start:
+        raise ResultsError(f"README.md: the markers of the {what} are missing ({begin} ... {end})")
+    return readme[: start + len(begin)] + "\n" + body + "\n" + readme[stop:]
+
+
 def render(readme: str, results: str) -> str:
-    """README.md's text with the block between BEGIN and END replaced by the table RESULTS.md gives."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise ResultsError(f"README.md: the markers of the headline table are missing ({BEGIN} ... {END})")
-    return readme[: start + len(BEGIN)] + "\n" + table(entries(results)) + "\n" + readme[end:]
+    """README.md's text with the headline and ARTE tables replaced by the ones RESULTS.md gives."""
+    found = entries(results)
+    readme = _replace(readme, BEGIN, END, table(found), "headline table")
+    return _replace(readme, ARTE_BEGIN, ARTE_END, arte_table(found), "ARTE table")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise ResultsError(f"{RESULTS}: not newest first: " + "; ".join(problems))
         if args.print:
-            print(table(found))
+            print(table(found) + "\n\n" + arte_table(found))
             return 0
         readme = readme_path.read_text(encoding="utf-8")
         new = render(readme, results)

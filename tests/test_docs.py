@@ -371,6 +371,28 @@ def test_the_headline_script_takes_the_newest_entry_of_each_recipe():
     assert headline.out_of_order(list(reversed(found)))  # oldest first is refused
 
 
+def test_the_arte_table_keeps_the_newest_run_of_each_task_and_refuses_an_incomplete_row():
+    def entry(id_, date, task, difference, drop=None):
+        arte = {"task": task, "n": "300 (3 x 100)", "original": "40.0%", "aligned": "45.0%",
+                "gold": "60.0% (solver)", "difference": difference, "minutes": "baseline 8"}
+        arte.pop(drop, None)
+        block = "".join(f'\n  {k}: "{v}"' for k, v in arte.items())
+        return (f'<a id="{id_}"></a>\n### {id_}\n\n```yaml\nid: {id_}\nrecipe: smollm2-arte\ndate: "{date}"\n'
+                f'commit: abc1234\ncpu: "a CPU (flags)"\ncommand: tailor run\narte:{block}\n```\n\n')
+    text = (entry("b-new", "2026-12-08 10:00 UTC", "boolean_expressions", "+5.0 [+1.0, +9.0]")
+            + entry("l-only", "2026-12-07 12:00 UTC", "logical_deduction_three_objects", "-1.0 [-4.0, +2.0]")
+            + entry("b-old", "2026-12-07 09:00 UTC", "boolean_expressions", "+0.0 [-3.0, +3.0]"))
+    found = headline.entries(text)
+    assert [e.fields["id"] for e in headline.newest_arte(found)] == ["b-new", "l-only"]
+    table = headline.arte_table(found)
+    assert "+5.0 [+1.0, +9.0]" in table and "-1.0 [-4.0, +2.0]" in table and "+0.0 [-3.0" not in table
+    readme = f"a\n{headline.ARTE_BEGIN}\nstale\n{headline.ARTE_END}\nb\n{headline.BEGIN}\n{headline.END}\n"
+    rendered = headline.render(readme, text)
+    assert "stale" not in rendered and table in rendered and rendered.endswith(f"{headline.END}\n")
+    with pytest.raises(headline.ResultsError, match="gold"):
+        headline.entries(entry("no-gold", "2026-12-08 10:00 UTC", "boolean_expressions", "+1 [0, 2]", drop="gold"))
+
+
 def test_generated_docs_are_current():
     spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
     generate = importlib.util.module_from_spec(spec)
