@@ -190,3 +190,24 @@ def test_a_real_terminal_is_quiet_unless_verbose(verbose, tmp_path):
         terminal = done.stderr + done.stdout
         assert (noise in terminal) == verbose, (noise, terminal)
         assert (noise in log) != verbose, (noise, log)
+
+
+def test_without_a_terminal_long_loops_print_a_progress_line_a_minute(monkeypatch):
+    import io
+
+    from edge_tailor import progress
+
+    clock = iter(range(0, 10_000, 25))  # each item takes 25 s
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    buffer = io.StringIO()
+    monkeypatch.setattr(progress.console, "file", buffer)
+    monkeypatch.delenv("EDGE_TAILOR_QUIET", raising=False)
+    assert list(progress.track(range(10), "scoring drafts", total=10)) == list(range(10))
+    lines = buffer.getvalue().splitlines()
+    # 250 s over 10 items: a line after 75 s (3 done), 150 s (6), 225 s (9), each with the time left
+    assert lines == ["  scoring drafts: 3/10 in 75 s, ~175 s left", "  scoring drafts: 6/10 in 150 s, ~100 s left",
+                     "  scoring drafts: 9/10 in 225 s, ~25 s left"]
+    monkeypatch.setenv("EDGE_TAILOR_QUIET", "1")  # a worker process: its parent reports
+    buffer.truncate(0)
+    assert list(progress.track(range(10), "scoring drafts", total=10)) == list(range(10))
+    assert buffer.getvalue() == ""

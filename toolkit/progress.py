@@ -78,9 +78,29 @@ def live() -> Iterator[None]:
             _progress = None
 
 
+PLAIN_EVERY_S = 60.0  # without a terminal (CI, nohup, a pipe), how often a stage loop prints where it is
+
+
+def _plain_track(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+    """Progress as a line a minute where no live bar can draw: a log read with `tail -f` still says how far
+    a 30-minute stage is and what is left."""
+    start = last = time.monotonic()
+    for done, item in enumerate(items, start=1):
+        yield item
+        now = time.monotonic()
+        if now - last >= PLAIN_EVERY_S:
+            last = now
+            left = f", ~{(now - start) / done * (total - done):.0f} s left" if total else ""
+            console.print(f"  {description}: {done}/{total or '?'} in {now - start:.0f} s{left}",
+                          highlight=False, soft_wrap=True)
+
+
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     if _progress is None:
-        yield from items
+        if quiet() or _enabled():  # a worker (its parent reports) or a terminal outside live(): as before
+            yield from items
+        else:
+            yield from _plain_track(items, description, total)
         return
     task = _progress.add_task(description, total=total)
     try:
