@@ -25,6 +25,8 @@ exit codes:
      the file and the field or line; nothing is written)
   3  environment failure: disk full, read-only or unwritable folder, permission denied, or another
      tailor process holds the run directory's lock (<run>/.lock)
+  130 / 143  interrupted by Ctrl-C (SIGINT) / SIGTERM: the stage it stopped is removed and marked
+     interrupted (`tailor status`); the same command again resumes from it
 """
 
 
@@ -367,10 +369,27 @@ def _usage(message: str) -> _UsageError:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from .interrupts import signals_raise
     from .progress import library_output
 
-    with library_output(verbose=args.verbose):  # quiet by default: library output to <run>/log.txt
-        return _dispatch(args)
+    try:
+        with signals_raise(), library_output(verbose=args.verbose):  # quiet by default: library output to <run>/log.txt
+            return _dispatch(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (edge_tailor.interrupts)
+        line, code = _interrupted_line(exc)
+        print(line, file=sys.stderr)
+        return code
+
+
+def _interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:
+    from .interrupts import Interrupted
+
+    exc = exc if isinstance(exc, Interrupted) else Interrupted.from_exception(exc, None)
+    signal_name = exc.args[0]
+    if exc.stage is None:
+        return f"interrupted ({signal_name}) outside any stage: run the same command again to go on", exc.exit_code
+    return (f"interrupted ({signal_name}) in stage '{exc.stage}': what it had written was removed; run the same "
+            f"command again to resume from {exc.stage} (finished stages are kept)"), exc.exit_code
 
 
 def _dispatch(args) -> int:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from .config import RunConfig, TaskSpec, config_hash
 from .errors import InputError, RunLocked
+from .interrupts import Interrupted
 from .progress import console, live, run_log
 from .rundir import RunDir
 
@@ -109,7 +110,10 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
         record = st.module.run(cfg, run)
         extra = tuple(record.pop("extra_files", ()))  # files a stage writes at the run's root (report.json)
         return run.finish_stage(st.name, fp, record, time.perf_counter() - started, extra)
-    except BaseException as exc:  # KeyboardInterrupt and a full disk too: nothing half-written stays
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (edge_tailor.interrupts): redone by the next run
+        run.abort_stage(st.name, f"{type(exc).__name__}: {exc}", status="interrupted")
+        raise Interrupted.from_exception(exc, st.name) from None
+    except BaseException as exc:  # a full disk too: nothing half-written stays
         run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
         raise
 

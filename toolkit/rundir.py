@@ -180,11 +180,12 @@ class RunDir:
         self._update_manifest(stage, full)
         return full
 
-    def fail_stage(self, stage: str, error: str) -> None:
-        self._update_manifest(stage, {"status": "failed", "error": error})
+    def fail_stage(self, stage: str, error: str, status: str = "failed") -> None:
+        self._update_manifest(stage, {"status": status, "error": error})
 
-    def abort_stage(self, stage: str, error: str) -> None:
-        """A stage failed: remove what it half-wrote (its folder and record) and mark it failed.
+    def abort_stage(self, stage: str, error: str, status: str = "failed") -> None:
+        """A stage failed or was interrupted: remove what it half-wrote (its folder and record) and mark it
+        with ``status``.
 
         Best effort: it runs while an exception propagates (which may be a full disk), and must
         not replace that exception with its own.
@@ -192,7 +193,7 @@ class RunDir:
         self.record_path(stage).unlink(missing_ok=True)
         shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
         try:
-            self.fail_stage(stage, error)
+            self.fail_stage(stage, error, status)
         except (OSError, InputError):
             pass
 
