@@ -33,7 +33,7 @@ exit codes:
 def _overrides_help(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. distill.lora.r=16 elicit.drafts=64")
-    parser.add_argument("--config", help="YAML or TOML run config (default: the embedded world)")
+    parser.add_argument("--config", help="YAML, TOML or JSON run config, by its suffix (default: the embedded world)")
     parser.add_argument("--target", help="device target: a name from `tailor targets` or a .toml path")
 
 
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default=str(Path.home() / ".cache" / "edge-tailor" / "world"),
                        help="where to build (use it with EDGE_TAILOR_WORLD=<out>)")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--scale", type=float, default=1.0, help="fraction of documents and steps (tests use 0.01)")
+    build.add_argument("--scale", type=float, default=1.0, help="fraction in (0, 1] of documents and steps (tests use 0.01)")
     return parser
 
 
@@ -346,8 +346,14 @@ def cmd_config(args) -> int:
 
 
 def cmd_toy(args) -> int:
+    import math
+
+    from .config import COMMAND_LINE
+    from .errors import InputError
     from .toyworld.build import WorldSpec, build_world
 
+    if not (math.isfinite(args.scale) and 0 < args.scale <= 1):
+        raise InputError(COMMAND_LINE, "--scale", f"{args.scale:g} is not a fraction in (0, 1] of the default world")
     spec = WorldSpec(seed=args.seed)
     if args.scale != 1.0:
         spec = spec.scaled(args.scale)
