@@ -15,7 +15,16 @@ From Python::
 Loading a bundle first checks its files (``verify_files``): ``manifest.sha256`` against
 ``manifest.json``, every listed file's sha256, and no unlisted file anywhere; a mismatch raises
 ``BundleError`` naming the file (the command line prints it as one ``error:`` line, exit code 2).
-``--no-verify`` / ``verify=False`` skips it, for devices that verify once at install.
+``--no-verify`` / ``verify=False`` skips it, for devices that verify once at install; a model or
+tokenizer file that will not load is still a ``BundleError`` naming it, never a traceback.
+
+A request that cannot run as asked raises ``RequestError`` (a ``ValueError``; exit code 2 on the command
+line) before any work: ``max_new_tokens`` below 1, a temperature or ``top_p`` out of range, an empty
+prompt, or a prompt whose tokens plus ``max_new_tokens`` exceed the model's context
+(``max_position_embeddings`` in its config.json). ``truncate="left"`` (``--truncate left``) keeps the
+prompt's last tokens that fit instead (a chat template's opening is then cut with the rest). A prompt
+longer than the context times the tokenizer's longest token, in characters, cannot fit at all: it is
+refused (or, with ``truncate="left"``, cut to that many characters) before it is tokenized.
 
 The loop keeps the KV cache inside ONNX Runtime: each step's ``present.*`` outputs are bound
 as the next step's ``past_key_values.*`` inputs (IOBinding, no copy through numpy), and the
@@ -152,11 +161,36 @@ class Calculator:
 
 
 class BundleError(RuntimeError):
-    """A bundle file that fails verification: changed, missing, unlisted, or a bad manifest."""
+    """A bundle file that fails verification or will not load: changed, missing, unlisted, a bad manifest."""
 
     def __init__(self, path: Path, where: str | None, problem: str):
         self.path, self.where, self.problem = Path(path), where, problem
         super().__init__(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+
+
+class RequestError(ValueError):
+    """A generation request the runtime refuses before running it: an argument out of range, or a prompt
+    that does not fit the model's context. ``where`` names the argument."""
+
+    def __init__(self, where: str, problem: str):
+        self.where, self.problem = where, problem
+        super().__init__(f"{where}: {problem}")
+
+
+TRUNCATE = ("error", "left")  # what a prompt too long for the context gets: refused, or its oldest tokens cut
+
+
+def check_request(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                  truncate: str = "error") -> None:
+    """The arguments of a generation request, in range; ``RequestError`` otherwise."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise RequestError("max_new_tokens", f"{max_new_tokens!r}: must be a whole number of at least 1")
+    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+        raise RequestError("temperature", f"{temperature!r}: must be a finite number >= 0 (0 = greedy)")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise RequestError("top_p", f"{top_p!r}: must lie in (0, 1]")
+    if truncate not in TRUNCATE:
+        raise RequestError("truncate", f"{truncate!r}: must be one of {', '.join(TRUNCATE)}")
 
 
 def sha256_file(path: Path) -> str:
@@ -269,8 +303,10 @@ class GenerationResult:
 
 class EdgeModel:
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, eos_ids: Sequence[int], pad_id: int,
-                 settings: RuntimeSettings, prompt_format: dict | None = None):
+                 settings: RuntimeSettings, prompt_format: dict | None = None, context: int | None = None):
         self.session = session
+        self.context = context  # prompt + new tokens at most (max_position_embeddings); None: unknown, unchecked
+        self._longest_token: int | None = None
         self.prompt_format = prompt_format  # PROMPT_FORMAT's contents; None: prompts as they are
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
@@ -308,17 +344,22 @@ class EdgeModel:
             settings = dataclasses.replace(settings, intra_op_threads=threads)
         if provider is not None:
             settings = dataclasses.replace(settings, execution_provider=provider)
+        if settings.intra_op_threads < 0:
+            raise RequestError("threads", f"{settings.intra_op_threads}: must be >= 0 (0 = one per physical core)")
         available = ort.get_available_providers()
         if settings.execution_provider not in available:
-            raise RuntimeError(f"{bundle}: execution provider {settings.execution_provider} is not available "
-                               f"in this onnxruntime (available: {', '.join(available)})")
-        session = ort.InferenceSession(str(bundle / model_file), sess_options=settings.session_options(),
-                                       providers=[settings.execution_provider])
-        tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+            raise BundleError(bundle, None, f"execution provider {settings.execution_provider} is not available in "
+                              f"this onnxruntime (available: {', '.join(available)})")
+        session = _open(bundle / model_file, lambda path: ort.InferenceSession(
+            str(path), sess_options=settings.session_options(), providers=[settings.execution_provider]))
+        tokenizer = _open(bundle / "tokenizer.json", lambda path: Tokenizer.from_file(str(path)))
         tokenizer.no_padding()
         tokenizer.no_truncation()
         eos_ids, pad_id = _special_ids(bundle, tokenizer)
-        return cls(session, tokenizer, eos_ids, pad_id, settings, _prompt_format(bundle))
+        try:
+            return cls(session, tokenizer, eos_ids, pad_id, settings, _prompt_format(bundle), _context_length(bundle))
+        except (ValueError, KeyError, IndexError) as e:  # a graph without the decoder's inputs and outputs
+            raise BundleError(bundle / model_file, None, f"not a decoder this runtime can drive: {e}") from None
 
     def encode(self, text: str) -> list[int]:
         """Text as it is, with the tokenizer's own special tokens."""
@@ -343,14 +384,16 @@ class EdgeModel:
 
     def generate(self, prompt_or_ids: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_p: float = 1.0, stop: Sequence[int | str] | None = None, seed: int = 0,
-                 logits_processor: LogitsProcessor | None = None) -> GenerationResult:
+                 logits_processor: LogitsProcessor | None = None, truncate: str = "error") -> GenerationResult:
         """Greedy decoding at ``temperature=0``, else sampling with temperature and nucleus ``top_p``.
 
         ``stop`` holds extra stop token ids and/or stop strings; the eos ids always stop (a stop
         string is cut from ``text``; its tokens stay in ``tokens``). ``logits_processor(new_tokens,
         scores)`` may rewrite each step's ``[batch, vocab]`` scores before the choice (decode-time tools).
+        ``truncate``: what a prompt too long for the context gets (``TRUNCATE``; the module's docstring).
         """
-        ids = self.encode_prompt(prompt_or_ids) if isinstance(prompt_or_ids, str) else [int(i) for i in prompt_or_ids]
+        check_request(max_new_tokens, temperature, top_p, truncate)
+        ids = self._prompt_ids(prompt_or_ids, max_new_tokens, truncate)
         rng = np.random.default_rng(seed)
         pick = _greedy if temperature <= 0 else (lambda logits: _sample(logits, temperature, top_p, rng))
         return self._decode([ids], max_new_tokens, pick, stop, logits_processor)[0]
@@ -363,7 +406,8 @@ class EdgeModel:
         Results come back in the order of ``prompts``; timings are per batch. A ``logits_processor``
         sees the rows of one batch, in that batch's order.
         """
-        rows = [self.encode_prompt(p) if isinstance(p, str) else [int(i) for i in p] for p in prompts]
+        check_request(max_new_tokens)
+        rows = [self._prompt_ids(p, max_new_tokens) for p in prompts]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         results: list[GenerationResult | None] = [None] * len(rows)
         for start in range(0, len(order), batch_size):
@@ -373,12 +417,43 @@ class EdgeModel:
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    @property
+    def max_prompt_chars(self) -> int | None:
+        """Characters beyond which no prompt fits the context: the context times the longest token's length."""
+        if self.context is None:
+            return None
+        if self._longest_token is None:
+            self._longest_token = max(map(len, self.tokenizer.get_vocab(with_added_tokens=True)), default=1)
+        return self.context * max(1, self._longest_token)
+
+    def _prompt_ids(self, prompt: str | Sequence[int], max_new_tokens: int, truncate: str = "error") -> list[int]:
+        """A prompt's ids, checked against the context (cut from the left with ``truncate="left"``)."""
+        if isinstance(prompt, str):
+            limit = self.max_prompt_chars
+            if limit is not None and len(prompt) > limit:
+                if truncate != "left":
+                    raise RequestError("prompt", f"{len(prompt)} characters cannot fit the context of {self.context} "
+                                       f"tokens (at most {limit} characters); shorten it, or truncate it from the left")
+                prompt = prompt[-limit:]
+            ids = self.encode_prompt(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise RequestError("prompt", "empty: nothing to condition on")
+        if self.context is None or len(ids) + max_new_tokens <= self.context:
+            return ids
+        room = self.context - max_new_tokens
+        if truncate != "left" or room < 1:
+            raise RequestError("prompt", f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the context "
+                               f"of {self.context} tokens; shorten the prompt, lower max_new_tokens"
+                               + (", or truncate the prompt from the left" if room >= 1 else ""))
+        return ids[-room:]
+
     def _decode(self, rows: list[list[int]], max_new_tokens: int, pick, stop,
                 processor: LogitsProcessor | None = None) -> list[GenerationResult]:
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        check_request(max_new_tokens)
         if any(not r for r in rows):
-            raise ValueError("empty prompt: nothing to condition on")
+            raise RequestError("prompt", "empty: nothing to condition on")
         stop_ids = set(self.eos_ids) | {s for s in stop or () if isinstance(s, int)}
         stop_strings = [s for s in stop or () if isinstance(s, str)]
         batch, width = len(rows), max(len(r) for r in rows)
@@ -497,6 +572,29 @@ def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
     return out
 
 
+def _open(path: Path, load: Callable[[Path], object]):
+    """``load(path)``, or a BundleError naming the file: a missing, truncated or corrupt model or tokenizer file."""
+    if not path.is_file():
+        raise BundleError(path, None, "missing")
+    try:
+        return load(path)
+    except Exception as e:  # onnxruntime and tokenizers raise their own types (InvalidProtobuf, Exception)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(path, None, f"cannot be loaded: {reason[:300]}") from None
+
+
+def _context_length(bundle: Path) -> int | None:
+    """The model's context (config.json's max_position_embeddings); None where the folder does not say."""
+    path = bundle / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (ValueError, AttributeError) as e:
+        raise BundleError(path, None, f"not a JSON object: {e}") from None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _prompt_format(bundle: Path) -> dict | None:
     path = bundle / PROMPT_FORMAT
     if not path.is_file():
@@ -565,19 +663,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="send --prompt as it is, without the bundle's prompt format (chat template, BOS)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the sha256 check of the bundle's files (for devices that verify once at install)")
+    parser.add_argument("--truncate", choices=TRUNCATE, default="error",
+                        help="a prompt whose tokens plus --max-new-tokens exceed the model's context: error (exit 2, "
+                             "the default) or left (keep its last tokens that fit)")
     args = parser.parse_args(argv)
-
     try:
-        model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file,
-                               verify=not args.no_verify)
+        out = _run_cli(args)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
-    if args.raw_prompt:
-        model.prompt_format = None
-    out = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
-                         logits_processor=Calculator(model) if use_calculator else None)
+    except RequestError as e:  # named by its flag: --max-new-tokens, --prompt, ...
+        print(f"error: --{e.where.replace('_', '-')}: {e.problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(out.__dict__))
     else:
@@ -586,6 +686,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{len(out.tokens)} tokens, stop: {out.stop_reason}, ttft {out.ttft_ms:.1f} ms, "
               f"{per_token:.2f} ms/token median]", file=sys.stderr)
     return 0
+
+
+def _run_cli(args: argparse.Namespace) -> GenerationResult:
+    check_request(args.max_new_tokens, args.temperature, args.top_p, args.truncate)  # before the model loads
+    model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file,
+                           verify=not args.no_verify)
+    use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
+    if args.raw_prompt:
+        model.prompt_format = None
+    return model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
+                          logits_processor=Calculator(model) if use_calculator else None, truncate=args.truncate)
 
 
 if __name__ == "__main__":

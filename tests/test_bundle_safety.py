@@ -316,3 +316,66 @@ def test_edge_model_load_verify_modes(copy, onnx_dir, tmp_path):
         runtime.EdgeModel.load(copy)  # verify=None on a bundle: verified
     assert str(caught.value).startswith(f"{copy / 'README.md'}: sha256: hash mismatch")
     assert runtime.EdgeModel.load(copy, verify=False).generate("Q:", 2).tokens
+
+
+# --- edge runtime: requests it refuses with one line, exit 2 ----------------------------------------
+
+LONG_495 = "".join(chr(97 + (i * 7) % 26) for i in range(495))  # one token a character: 495 + 32 > 512
+
+
+def _edge_prompt(bundle: Path, prompt: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-B", str(bundle / "edge_runtime.py"), str(bundle), "--prompt", prompt, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and done.stdout == "", done.stderr
+    return lines[0]
+
+
+def test_edge_runtime_cli_refuses_what_cannot_run(built, tmp_path):
+    model = runtime.EdgeModel.load(built)
+    assert model.context == 512 and len(model.encode_prompt(LONG_495)) + 32 > 512
+    line = _one_error_line(_edge_prompt(built, LONG_495))  # the case: ONNX Runtime threw here
+    assert line.startswith("error: --prompt: 495 prompt tokens + 32 new tokens exceed the context of 512 tokens")
+    line = _one_error_line(_edge_prompt(built, "x" * 100_000))
+    assert "--prompt: 100000 characters cannot fit the context of 512 tokens" in line
+    line = _one_error_line(_edge_prompt(built, "Q: 3+4=?\nA:", "--max-new-tokens", "-5"))
+    assert line == "error: --max-new-tokens: -5: must be a whole number of at least 1"
+    cut = _edge_prompt(built, LONG_495, "--truncate", "left", "--json")  # --max-new-tokens 32
+    assert cut.returncode == 0, cut.stderr
+    assert json.loads(cut.stdout)["prompt_tokens"] == 512 - 32
+
+
+def test_edge_runtime_cli_names_a_model_that_will_not_load(copy):
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 3])
+    line = _one_error_line(_edge(copy, "--no-verify"))
+    assert line.startswith(f"error: {copy / 'model.onnx'}: cannot be loaded: ")
+    (copy / "model.onnx").unlink()
+    assert _one_error_line(_edge(copy, "--no-verify")) == f"error: {copy / 'model.onnx'}: missing"
+
+
+def test_edge_model_raises_request_errors(built, monkeypatch):
+    model = runtime.EdgeModel.load(built)
+    for kwargs, where in (({"max_new_tokens": -5}, "max_new_tokens"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                          ({"temperature": float("nan")}, "temperature"), ({"top_p": 0}, "top_p"),
+                          ({"truncate": "right"}, "truncate")):
+        with pytest.raises(runtime.RequestError) as caught:
+            model.generate("Q: 3+4=?\nA:", **kwargs)
+        assert caught.value.where == where and isinstance(caught.value, ValueError)
+    with pytest.raises(runtime.RequestError, match="exceed the context of 512"):
+        model.generate(LONG_495)
+    with pytest.raises(runtime.RequestError, match="exceed the context"):
+        model.generate_batch(["Q: 3+4=?\nA:", LONG_495])
+    with pytest.raises(runtime.RequestError, match="empty"):
+        model.generate([])
+    assert model.generate(LONG_495, 32, truncate="left").prompt_tokens == 480
+    assert model.generate(LONG_495, 8).prompt_tokens == 495  # it fits with fewer new tokens
+    with pytest.raises(runtime.RequestError, match="at most 5120 characters"):
+        model.generate("x" * (model.max_prompt_chars + 1))
+    monkeypatch.setattr(model, "encode_prompt", lambda prompt: pytest.fail("tokenized a prompt that cannot fit"))
+    with pytest.raises(runtime.RequestError, match="100000 characters"):
+        model.generate("x" * 100_000)
