@@ -69,6 +69,10 @@ MANIFEST = "manifest.json"
 # a folder without it takes prompts as they are, tokenized with the tokenizer's defaults
 PROMPT_FORMAT = "prompt_format.json"
 MANIFEST_SHA = "manifest.sha256"  # "<hex>  manifest.json\n", as sha256sum writes it; written last
+# base64 of an Ed25519 signature over manifest.json's bytes (`tailor sign`), detached: signing changes no
+# other file, and a bundle without it is unsigned; checked only against a public key the caller gives
+MANIFEST_SIG = "manifest.sig"
+SEALS = (MANIFEST, MANIFEST_SHA, MANIFEST_SIG)  # the files the manifest cannot list: they cover it
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # (new tokens of each row so far, scores [batch, vocab]) -> scores
@@ -201,13 +205,64 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, dict]:
+def load_public_key(path: str | Path):
+    """An Ed25519 public key from a PEM file (``tailor keygen`` writes one); ``BundleError`` naming the file."""
+    path = Path(path)
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise BundleError(path, None, "checking a signature needs the cryptography package "
+                                      "(pip install cryptography)") from None
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except OSError as e:
+        raise BundleError(path, None, f"cannot read the public key: {e.strerror}") from None
+    except ValueError:
+        raise BundleError(path, None, "not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(path, None, f"not an Ed25519 public key ({type(key).__name__})")
+    return key
+
+
+def check_signature(bundle: Path, manifest_bytes: bytes, public_key: str | Path) -> None:
+    """``manifest.sig`` must be a signature of ``manifest_bytes`` under ``public_key``; BundleError otherwise."""
+    import base64
+    import binascii
+
+    from cryptography.exceptions import InvalidSignature
+
+    key = load_public_key(public_key)
+    sig_path = bundle / MANIFEST_SIG
+    if sig_path.is_symlink() or not sig_path.is_file():
+        raise BundleError(sig_path, None, "missing: the bundle is not signed (tailor sign BUNDLE --key KEY)")
+    try:
+        signature = base64.b64decode(sig_path.read_text(encoding="ascii", errors="replace").strip(), validate=True)
+        key.verify(signature, manifest_bytes)
+    except (binascii.Error, InvalidSignature):
+        raise BundleError(bundle / MANIFEST, "signature", f"does not match {MANIFEST_SIG} under {public_key}: "
+                                                          "changed after signing, or signed with another key") from None
+
+
+def _plain_file_inside(bundle: Path, path: Path) -> None:
+    """A bundle holds plain files only: a symbolic link could point anywhere, and its target is not covered
+    by the hash of what it pointed to when it was checked."""
+    if path.is_symlink():
+        raise BundleError(path, None, f"a symbolic link (to {os.readlink(path)}): a bundle holds plain files only")
+    if not path.resolve().is_relative_to(bundle.resolve()):
+        raise BundleError(path, None, "resolves outside the bundle")
+
+
+def verify_files(bundle: str | Path, digest: str | None = None,
+                 public_key: str | Path | None = None) -> tuple[str, dict]:
     """Check a bundle's files; return (sha256 of manifest.json, the parsed manifest).
 
     ``manifest.sha256`` must hold the hash of ``manifest.json`` (and ``digest``, when given, must
     equal it: a digest pinned outside the bundle also catches a manifest rewritten together with
-    its sha file); every file listed in the manifest must exist with its sha256; any other file,
-    ``__pycache__/`` included, is refused. Raises ``BundleError`` naming the file.
+    its sha file); with ``public_key`` (a PEM file), ``manifest.sig`` must be its Ed25519 signature of
+    manifest.json; every file listed in the manifest must exist, as a plain file inside the bundle (no
+    symbolic link), with its sha256; any other file, ``__pycache__/`` included, is refused. Raises
+    ``BundleError`` naming the file.
     """
     bundle = Path(bundle)
     manifest_path, sha_path = bundle / MANIFEST, bundle / MANIFEST_SHA
@@ -217,6 +272,9 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
         raise BundleError(manifest_path, None, "missing: not a bundle, or bundling did not finish")
     if not sha_path.is_file():
         raise BundleError(sha_path, None, "missing: bundling did not finish, or the bundle predates it: rebuild it")
+    for seal in SEALS:
+        if (bundle / seal).is_symlink():
+            _plain_file_inside(bundle, bundle / seal)
     raw = manifest_path.read_bytes()
     actual = hashlib.sha256(raw).hexdigest()
     fields = sha_path.read_text(encoding="utf-8", errors="replace").split()
@@ -227,6 +285,8 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
                                                    f"file is {actual[:16]}... (changed after bundling)")
     if digest is not None and digest.strip().lower() != actual:
         raise BundleError(manifest_path, "sha256", f"digest {actual} is not the pinned {digest.strip().lower()}")
+    if public_key is not None:
+        check_signature(bundle, raw, public_key)
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -237,13 +297,15 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
 
     for name in listed:
         parts = Path(name).parts
-        if not parts or Path(name).is_absolute() or ".." in parts or name in (MANIFEST, MANIFEST_SHA):
+        if not parts or Path(name).is_absolute() or ".." in parts or name in SEALS:
             raise BundleError(manifest_path, "files", f"{name!r} is not a file inside the bundle")
     for root, dirs, files in os.walk(bundle):  # symlinked folders are not followed: they count as entries
         for entry in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             path = Path(root, entry)
             name = path.relative_to(bundle).as_posix()
-            if name in listed or name in (MANIFEST, MANIFEST_SHA):
+            if os.path.islink(path):
+                _plain_file_inside(bundle, path)
+            if name in listed or name in SEALS:
                 continue
             if "__pycache__" in path.relative_to(bundle).parts:
                 raise BundleError(path, None, "not listed in manifest.json: __pycache__/ appears when edge_runtime.py "
@@ -253,6 +315,7 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
         path = bundle / name
         if not path.is_file():
             raise BundleError(path, None, "missing: listed in manifest.json")
+        _plain_file_inside(bundle, path)  # a symlinked folder above it, too
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         found = sha256_file(path)
         if found != expected:
@@ -329,15 +392,19 @@ class EdgeModel:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, provider: str | None = None,
-             model_file: str = "model.onnx", verify: bool | None = None) -> EdgeModel:
+             model_file: str = "model.onnx", verify: bool | None = None,
+             public_key: str | Path | None = None) -> EdgeModel:
         """Open a bundle (or any Optimum ONNX export folder with tokenizer.json).
 
         ``verify``: None checks the files (``verify_files``) when the folder has a manifest.json
-        (a bundle), True requires a bundle that passes, False skips the check.
+        (a bundle), True requires a bundle that passes, False skips the check. ``public_key`` (a PEM
+        file) also requires ``manifest.sig`` to be its signature of the manifest, and implies the check.
         """
         bundle = Path(bundle_dir)
-        if verify or (verify is None and (bundle / MANIFEST).is_file()):
-            verify_files(bundle)
+        if public_key is not None or verify or (verify is None and (bundle / MANIFEST).is_file()):
+            _, manifest = verify_files(bundle, public_key=public_key)
+            if model_file not in manifest["files"]:
+                raise BundleError(bundle / model_file, None, "not listed in manifest.json: not a model of this bundle")
         target = bundle / "target.toml"
         settings = RuntimeSettings.from_target_file(target) if target.is_file() else RuntimeSettings()
         if threads is not None:
@@ -663,6 +730,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="send --prompt as it is, without the bundle's prompt format (chat template, BOS)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the sha256 check of the bundle's files (for devices that verify once at install)")
+    parser.add_argument("--public-key", metavar="PEM",
+                        help="also require manifest.sig to be this Ed25519 key's signature of manifest.json "
+                             "(`tailor sign`; needs the cryptography package); implies the file check")
     parser.add_argument("--truncate", choices=TRUNCATE, default="error",
                         help="a prompt whose tokens plus --max-new-tokens exceed the model's context: error (exit 2, "
                              "the default) or left (keep its last tokens that fit)")
@@ -691,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_cli(args: argparse.Namespace) -> GenerationResult:
     check_request(args.max_new_tokens, args.temperature, args.top_p, args.truncate)  # before the model loads
     model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file,
-                           verify=not args.no_verify)
+                           verify=not args.no_verify, public_key=args.public_key)
     use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
     if args.raw_prompt:
         model.prompt_format = None

@@ -260,7 +260,7 @@ def test_unlisted_hidden_file_in_subfolder_fails_verify(copy):
 
 
 def test_verify_bundle_uses_the_runtimes_check(copy, monkeypatch):
-    def fake(bundle, digest=None):
+    def fake(bundle, digest=None, public_key=None):
         raise runtime.BundleError(Path(bundle) / "x.bin", "sha256", "from the runtime")
 
     monkeypatch.setattr(runtime, "verify_files", fake)
@@ -379,3 +379,73 @@ def test_edge_model_raises_request_errors(built, monkeypatch):
     monkeypatch.setattr(model, "encode_prompt", lambda prompt: pytest.fail("tokenized a prompt that cannot fit"))
     with pytest.raises(runtime.RequestError, match="100000 characters"):
         model.generate("x" * 100_000)
+
+
+# --- symbolic links and signatures ----------------------------------------------------------------
+
+def test_a_listed_file_symlinked_outside_the_bundle_is_refused(copy, tmp_path):
+    outside = tmp_path / "elsewhere" / "tokenizer.json"
+    outside.parent.mkdir()
+    shutil.move(copy / "tokenizer.json", outside)
+    (copy / "tokenizer.json").symlink_to(outside)  # same bytes, so its hash still matches the manifest
+    with pytest.raises(ArtifactError, match=r"tokenizer.json: a symbolic link \(to .*elsewhere/tokenizer.json\)"):
+        verify_bundle(copy)
+    assert main(["verify", str(copy)]) == 1
+    line = _one_error_line(_edge(copy))
+    assert line.startswith(f"error: {copy / 'tokenizer.json'}: a symbolic link")
+
+
+def test_a_symlinked_seal_or_folder_is_refused(copy, tmp_path):
+    (copy / "sub").mkdir()
+    (tmp_path / "real").mkdir()
+    (copy / "sub" / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ArtifactError, match="sub/link: a symbolic link"):
+        verify_bundle(copy)
+    shutil.rmtree(copy / "sub")
+    shutil.move(copy / "manifest.sha256", tmp_path / "manifest.sha256")
+    (copy / "manifest.sha256").symlink_to(tmp_path / "manifest.sha256")
+    with pytest.raises(ArtifactError, match="manifest.sha256: a symbolic link"):
+        verify_bundle(copy)
+
+
+def _keypair(tmp_path: Path, name: str = "release") -> tuple[Path, Path]:
+    assert main(["keygen", str(tmp_path / "keys" / name)]) == 0
+    private, public = tmp_path / "keys" / name, tmp_path / "keys" / f"{name}.pub"
+    assert private.stat().st_mode & 0o777 == 0o600 and public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    return private, public
+
+
+def test_sign_and_verify_round_trip_and_a_changed_manifest_fails(copy, tmp_path, capsys):
+    private, public = _keypair(tmp_path)
+    assert main(["keygen", str(private)]) == 2  # never overwrites a key
+    assert main(["sign", str(copy), "--key", str(private)]) == 0
+    assert (copy / "manifest.sig").is_file()
+    capsys.readouterr()
+    assert main(["verify", str(copy), "--public-key", str(public)]) == 0
+    assert "signature OK" in capsys.readouterr().out
+    assert main(["verify", str(copy)]) == 0  # manifest.sig is a seal, not an unlisted file
+    assert _edge(copy, "--public-key", str(public)).returncode == 0
+    assert runtime.EdgeModel.load(copy, public_key=public).generate("Q:", 2).tokens
+
+    _, other = _keypair(tmp_path, "other")
+    assert main(["verify", str(copy), "--public-key", str(other)]) == 1
+    assert "signature: does not match manifest.sig" in capsys.readouterr().err
+
+    _flip_byte(copy / "manifest.json")
+    _reseal(copy)  # the sha file matches again: only the signature tells
+    assert main(["verify", str(copy), "--public-key", str(public)]) == 1
+    assert f"verify FAILED: {copy / 'manifest.json'}: signature: does not match" in capsys.readouterr().err
+    line = _one_error_line(_edge(copy, "--public-key", str(public)))
+    assert line.startswith(f"error: {copy / 'manifest.json'}: signature: does not match")
+
+
+def test_signature_required_only_with_a_key_and_bad_keys_are_bad_input(copy, tmp_path, capsys):
+    private, public = _keypair(tmp_path)
+    assert main(["verify", str(copy), "--public-key", str(public)]) == 1
+    assert "manifest.sig: missing: the bundle is not signed" in capsys.readouterr().err
+    assert main(["verify", str(copy), "--public-key", str(private)]) == 2  # a private key is no public key
+    assert main(["verify", str(copy), "--public-key", str(tmp_path / "nope.pub")]) == 2
+    assert main(["sign", str(copy), "--key", str(public)]) == 2
+    _flip_byte(copy / "README.md")
+    assert main(["sign", str(copy), "--key", str(private)]) == 2  # a changed bundle is never signed
+    assert "README.md: sha256: hash mismatch" in capsys.readouterr().err and not (copy / "manifest.sig").exists()

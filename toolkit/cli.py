@@ -88,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "corruption and careless edits only; a digest pinned outside the bundle also protects "
                              "against deliberate tampering (which can rewrite manifest.sha256 too)")
 
+    verify.add_argument("--public-key", metavar="PEM",
+                        help="also require manifest.sig to be this Ed25519 key's signature of manifest.json "
+                             "(`tailor sign`): protects against tampering by anyone without the private key")
+
+    sign = sub.add_parser("sign", help="sign a bundle's manifest with an Ed25519 private key (writes manifest.sig)",
+                          description="Check the bundle's files, then write manifest.sig: the base64 Ed25519 "
+                                      "signature of manifest.json, which holds every other file's sha256. "
+                                      "`tailor verify BUNDLE --public-key KEY.pub` and `edge_runtime.py BUNDLE "
+                                      "--public-key KEY.pub` check it (docs/security.md).")
+    sign.add_argument("bundle")
+    sign.add_argument("--key", required=True, metavar="PEM", help="the private key (from `tailor keygen`)")
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for `tailor sign`",
+                            description="Write a private key to KEY (PEM, mode 0600: keep it off devices) and its "
+                                        "public key to KEY.pub (ship this one to devices); refuses to overwrite.")
+    keygen.add_argument("key", metavar="KEY")
+
     bench = sub.add_parser("bench", help="measure a bundle's latency on the edge runtime (or --run DIR: the stage)")
     bench.add_argument("bundle", nargs="?")
     bench.add_argument("--run", help="run the pipeline's bench stage in this run directory instead")
@@ -193,12 +210,32 @@ def cmd_verify(args) -> int:
         target = Path(args.bundle) / "target.toml"
         if target.is_file():
             _print_kernel_line(load_target(target))
-        info = verify_bundle(args.bundle, args.target, digest=args.digest)
+        info = verify_bundle(args.bundle, args.target, digest=args.digest, public_key=args.public_key)
     except ArtifactError as exc:
         print(f"verify FAILED: {exc}", file=sys.stderr)
         return 1
     print(f"verify OK: {args.bundle}: {json.dumps(info, default=str)[:400]}")
     print(f"manifest sha256: {info['manifest_sha256']}" + (" (matches --digest)" if args.digest else ""))
+    if args.public_key:
+        print(f"signature OK: manifest.sig under {args.public_key}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from .export.signing import sign_bundle
+
+    info = sign_bundle(args.bundle, args.key)
+    print(f"signed: {info['signature']} (manifest sha256 {info['manifest_sha256']}, key {info['key']})")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from .export.signing import generate_keypair, public_key_fingerprint
+
+    private, public = generate_keypair(args.key)
+    print(f"private key: {private} (keep it where bundles are released, never on a device)")
+    print(f"public key: {public} (key {public_key_fingerprint(public.read_bytes())}; for "
+          "`tailor verify --public-key` and edge_runtime.py --public-key)")
     return 0
 
 
@@ -403,7 +440,8 @@ def _dispatch(args) -> int:
     from .pipeline import STAGE_NAMES
 
     handlers = {"run": cmd_run, "status": cmd_status, "targets": cmd_targets, "config": cmd_config, "toy": cmd_toy,
-                "gate": cmd_gate, "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report}
+                "gate": cmd_gate, "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report, "sign": cmd_sign,
+                "keygen": cmd_keygen}
     handler = handlers.get(args.command) or (cmd_stage if args.command in STAGE_NAMES else None)
     try:
         return handler(args)
