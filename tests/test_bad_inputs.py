@@ -560,7 +560,7 @@ def test_catalogue_size():
 
 @pytest.mark.parametrize("exc, code, status, line", [
     (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/elicit/drafts.jsonl"), 3, "failed",
-     "error: /x/elicit/drafts.jsonl: No space left on device"),
+     "error: /x/elicit/drafts.jsonl: No space left on device (in stage 'elicit', whose output was removed"),
     (KeyboardInterrupt("elicit interrupted"), 130, "interrupted", "interrupted (SIGINT) in stage 'elicit': "),
 ])
 def test_failed_stage_leaves_no_partial_folder(exc, code, status, line, tmp_path, capsys):
@@ -598,6 +598,34 @@ def test_record_write_failure_removes_the_stage(tmp_path, monkeypatch, capsys):
     assert not (run / "elicit").exists() and not (run / "records" / "elicit.json").exists()
     assert json.loads((run / "manifest.json").read_text())["stages"]["elicit"]["status"] == "failed"
     assert not [p for p in run.rglob("*.tmp")], "a temp file was left"
+
+
+@pytest.mark.parametrize("failure", ["enospc", "eacces"])
+def test_disk_full_or_permission_denied_in_a_stage_names_the_file_and_the_stage(failure, tmp_path, capsys):
+    """A full disk fails inside write(), whose OSError carries no file name; the message still names the file."""
+    def writes_rows(cfg, run_dir):
+        target = run_dir.stage_dir("elicit") / "drafts.jsonl"
+        (run_dir.stage_dir("elicit") / "questions.jsonl").write_text("{}\n")  # written before the failure
+        if failure == "eacces":  # as a library's open() raises it (root would write through a chmod)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))
+        target.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+        rundir.write_jsonl(target, [{"question": "q", "rationale": "r" * 100}] * 100)
+        return {"metrics": {}}
+
+    module = sys.modules["bad_inputs_fake.elicit"]
+    module.run, real = writes_rows, module.run
+    try:
+        code = main(["run", "--out", str(tmp_path / "runs")])
+    finally:
+        module.run = real
+    run = tmp_path / "runs" / "default"
+    assert code == 3
+    problem = "No space left on device" if failure == "enospc" else "Permission denied"
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {run / 'elicit' / 'drafts.jsonl'}: {problem} (in stage 'elicit', whose output "
+                           "was removed"), line
+    assert not (run / "elicit").exists() and not (run / "records" / "elicit.json").exists()
+    assert json.loads((run / "manifest.json").read_text())["stages"]["elicit"]["status"] == "failed"
 
 
 def test_bad_config_on_a_finished_run_keeps_config_yaml(tmp_path, capsys):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import EvalConfig, RunConfig, TaskSpec, config_hash
-from .errors import InputError, RunLocked
+from .errors import EnvironmentFailure, InputError, RunLocked
 from .interrupts import Interrupted
 from .progress import console, live, run_log
 from .rundir import RunDir
@@ -113,7 +113,12 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (edge_tailor.interrupts): redone by the next run
         run.abort_stage(st.name, f"{type(exc).__name__}: {exc}", status="interrupted")
         raise Interrupted.from_exception(exc, st.name) from None
-    except BaseException as exc:  # a full disk too: nothing half-written stays
+    except OSError as exc:  # a full disk, a read-only folder, permission denied: the file and the stage named
+        run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
+        where = exc.filename if exc.filename is not None else run.stage_dir(st.name)
+        raise EnvironmentFailure(where, f"{exc.strerror or exc} (in stage '{st.name}', whose output was removed: "
+                                 "free space or fix the permission, then run the same command again)") from None
+    except BaseException as exc:  # nothing half-written stays
         run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
         raise
 
