@@ -230,9 +230,9 @@ def check_signature(bundle: Path, manifest_bytes: bytes, public_key: str | Path)
     import base64
     import binascii
 
+    key = load_public_key(public_key)  # first: it says so when cryptography is not installed
     from cryptography.exceptions import InvalidSignature
 
-    key = load_public_key(public_key)
     sig_path = bundle / MANIFEST_SIG
     if sig_path.is_symlink() or not sig_path.is_file():
         raise BundleError(sig_path, None, "missing: the bundle is not signed (tailor sign BUNDLE --key KEY)")
@@ -336,8 +336,16 @@ class RuntimeSettings:
 
     @classmethod
     def from_target_file(cls, path: Path) -> RuntimeSettings:
-        runtime = tomllib.loads(path.read_text(encoding="utf-8")).get("runtime", {})
+        try:
+            runtime = tomllib.loads(path.read_text(encoding="utf-8")).get("runtime", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(path, None, f"not a valid target file: {e}") from None
         known = {k: runtime[k] for k in cls.__dataclass_fields__ if k in runtime}
+        for key, value in known.items():
+            if type(value) is not type(getattr(cls, key)):
+                raise BundleError(path, f"runtime.{key}", f"{value!r}: expected {type(getattr(cls, key)).__name__}")
+        if known.get("graph_optimization", cls.graph_optimization) not in _OPT_LEVELS:
+            raise BundleError(path, "runtime.graph_optimization", f"must be one of {', '.join(_OPT_LEVELS)}")
         return cls(**known)
 
     def session_options(self) -> ort.SessionOptions:
@@ -657,7 +665,7 @@ def _context_length(bundle: Path) -> int | None:
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8")).get("max_position_embeddings")
-    except (ValueError, AttributeError) as e:
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise BundleError(path, None, f"not a JSON object: {e}") from None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
@@ -679,7 +687,15 @@ def _prompt_format(bundle: Path) -> dict | None:
 def _special_ids(bundle: Path, tokenizer: Tokenizer) -> tuple[list[int], int]:
     def read(name: str) -> dict:
         path = bundle / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BundleError(path, None, f"not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise BundleError(path, None, "not a JSON object")
+        return data
 
     generation, config, tok_config = read("generation_config.json"), read("config.json"), read("tokenizer_config.json")
 

@@ -349,13 +349,16 @@ def test_edge_runtime_cli_refuses_what_cannot_run(built, tmp_path):
     assert json.loads(cut.stdout)["prompt_tokens"] == 512 - 32
 
 
-def test_edge_runtime_cli_names_a_model_that_will_not_load(copy):
+def test_edge_runtime_cli_names_a_model_that_will_not_load(copy, onnx_dir):
     data = (copy / "model.onnx").read_bytes()
     (copy / "model.onnx").write_bytes(data[: len(data) // 3])
     line = _one_error_line(_edge(copy, "--no-verify"))
     assert line.startswith(f"error: {copy / 'model.onnx'}: cannot be loaded: ")
     (copy / "model.onnx").unlink()
     assert _one_error_line(_edge(copy, "--no-verify")) == f"error: {copy / 'model.onnx'}: missing"
+    shutil.copy2(onnx_dir / "model.onnx", copy / "model.onnx")
+    (copy / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    assert _one_error_line(_edge(copy, "--no-verify")).startswith(f"error: {copy / 'tokenizer.json'}: cannot be loaded")
 
 
 def test_edge_model_raises_request_errors(built, monkeypatch):

@@ -9,6 +9,7 @@ the cleanup itself is not cut short (SIGKILL still ends everything, and the next
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -43,7 +44,11 @@ def _raise(signum: int, _frame) -> None:
 
 @contextmanager
 def signals_raise() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (called from any
+    other thread, where Python cannot install handlers, it changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, _raise) for sig in HANDLED}
     try:
         yield
