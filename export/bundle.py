@@ -120,9 +120,11 @@ def _assemble(out_dir: Path, quantized_dir: Path, models: list[str], target_file
     (out_dir / MANIFEST_SHA).write_text(f"{sha256_file(out_dir / MANIFEST)}  {MANIFEST}\n", encoding="utf-8")
 
 
-def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = None, digest: str | None = None) -> dict:
+def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = None, digest: str | None = None,
+                  public_key: str | Path | None = None) -> dict:
     """Re-check every file's hash (manifest.json's against manifest.sha256, and ``digest`` when given),
-    the file list, the target, and the recorded smoke decode.
+    the signature in manifest.sig when ``public_key`` (a PEM file) is given, the file list (plain files
+    inside the bundle only), the target, and the recorded smoke decode.
 
     Raises ``ArtifactError`` naming the file for a changed byte, a missing or unlisted file, a bundle
     built for another target, or greedy tokens that differ from the ones recorded at bundling. The
@@ -131,8 +133,13 @@ def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = N
     bundle = Path(bundle_dir)
     if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest.strip().lower()):
         raise InputError("--digest", None, f"{digest!r} is not a sha256 digest (64 hex digits)")
+    if public_key is not None:
+        try:
+            runtime.load_public_key(public_key)
+        except runtime.BundleError as e:  # the key, not the bundle, is wrong: bad input
+            raise InputError(e.path, e.where, e.problem) from None
     try:
-        manifest_sha, manifest = runtime.verify_files(bundle, digest)
+        manifest_sha, manifest = runtime.verify_files(bundle, digest, public_key)
     except runtime.BundleError as e:
         raise ArtifactError(e.path, e.where, e.problem) from None
     _check_format(bundle / MANIFEST, manifest)
@@ -166,7 +173,8 @@ def verify_bundle(bundle_dir: str | Path, target: Target | str | Path | None = N
             raise ArtifactError(bundle / model, "smoke decode",
                                 f"greedy tokens {tokens} differ from {expected_tokens} recorded at bundling")
     return {"bundle": str(bundle), "target": shipped.name, "files": len(listed), "models": list(smoke["tokens"]),
-            "smoke_tokens": smoke["tokens"], "manifest_sha256": manifest_sha, "passed": True}
+            "smoke_tokens": smoke["tokens"], "manifest_sha256": manifest_sha, "signature": public_key is not None,
+            "passed": True}
 
 
 def _target_file(target: Target | str | Path) -> tuple[Path, Target]:

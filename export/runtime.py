@@ -15,7 +15,16 @@ From Python::
 Loading a bundle first checks its files (``verify_files``): ``manifest.sha256`` against
 ``manifest.json``, every listed file's sha256, and no unlisted file anywhere; a mismatch raises
 ``BundleError`` naming the file (the command line prints it as one ``error:`` line, exit code 2).
-``--no-verify`` / ``verify=False`` skips it, for devices that verify once at install.
+``--no-verify`` / ``verify=False`` skips it, for devices that verify once at install; a model or
+tokenizer file that will not load is still a ``BundleError`` naming it, never a traceback.
+
+A request that cannot run as asked raises ``RequestError`` (a ``ValueError``; exit code 2 on the command
+line) before any work: ``max_new_tokens`` below 1, a temperature or ``top_p`` out of range, an empty
+prompt, or a prompt whose tokens plus ``max_new_tokens`` exceed the model's context
+(``max_position_embeddings`` in its config.json). ``truncate="left"`` (``--truncate left``) keeps the
+prompt's last tokens that fit instead (a chat template's opening is then cut with the rest). A prompt
+longer than the context times the tokenizer's longest token, in characters, cannot fit at all: it is
+refused (or, with ``truncate="left"``, cut to that many characters) before it is tokenized.
 
 The loop keeps the KV cache inside ONNX Runtime: each step's ``present.*`` outputs are bound
 as the next step's ``past_key_values.*`` inputs (IOBinding, no copy through numpy), and the
@@ -60,6 +69,10 @@ MANIFEST = "manifest.json"
 # a folder without it takes prompts as they are, tokenized with the tokenizer's defaults
 PROMPT_FORMAT = "prompt_format.json"
 MANIFEST_SHA = "manifest.sha256"  # "<hex>  manifest.json\n", as sha256sum writes it; written last
+# base64 of an Ed25519 signature over manifest.json's bytes (`tailor sign`), detached: signing changes no
+# other file, and a bundle without it is unsigned; checked only against a public key the caller gives
+MANIFEST_SIG = "manifest.sig"
+SEALS = (MANIFEST, MANIFEST_SHA, MANIFEST_SIG)  # the files the manifest cannot list: they cover it
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # (new tokens of each row so far, scores [batch, vocab]) -> scores
@@ -152,11 +165,36 @@ class Calculator:
 
 
 class BundleError(RuntimeError):
-    """A bundle file that fails verification: changed, missing, unlisted, or a bad manifest."""
+    """A bundle file that fails verification or will not load: changed, missing, unlisted, a bad manifest."""
 
     def __init__(self, path: Path, where: str | None, problem: str):
         self.path, self.where, self.problem = Path(path), where, problem
         super().__init__(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+
+
+class RequestError(ValueError):
+    """A generation request the runtime refuses before running it: an argument out of range, or a prompt
+    that does not fit the model's context. ``where`` names the argument."""
+
+    def __init__(self, where: str, problem: str):
+        self.where, self.problem = where, problem
+        super().__init__(f"{where}: {problem}")
+
+
+TRUNCATE = ("error", "left")  # what a prompt too long for the context gets: refused, or its oldest tokens cut
+
+
+def check_request(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                  truncate: str = "error") -> None:
+    """The arguments of a generation request, in range; ``RequestError`` otherwise."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise RequestError("max_new_tokens", f"{max_new_tokens!r}: must be a whole number of at least 1")
+    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+        raise RequestError("temperature", f"{temperature!r}: must be a finite number >= 0 (0 = greedy)")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise RequestError("top_p", f"{top_p!r}: must lie in (0, 1]")
+    if truncate not in TRUNCATE:
+        raise RequestError("truncate", f"{truncate!r}: must be one of {', '.join(TRUNCATE)}")
 
 
 def sha256_file(path: Path) -> str:
@@ -167,13 +205,64 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, dict]:
+def load_public_key(path: str | Path):
+    """An Ed25519 public key from a PEM file (``tailor keygen`` writes one); ``BundleError`` naming the file."""
+    path = Path(path)
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise BundleError(path, None, "checking a signature needs the cryptography package "
+                                      "(pip install cryptography)") from None
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except OSError as e:
+        raise BundleError(path, None, f"cannot read the public key: {e.strerror}") from None
+    except ValueError:
+        raise BundleError(path, None, "not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(path, None, f"not an Ed25519 public key ({type(key).__name__})")
+    return key
+
+
+def check_signature(bundle: Path, manifest_bytes: bytes, public_key: str | Path) -> None:
+    """``manifest.sig`` must be a signature of ``manifest_bytes`` under ``public_key``; BundleError otherwise."""
+    import base64
+    import binascii
+
+    key = load_public_key(public_key)  # first: it says so when cryptography is not installed
+    from cryptography.exceptions import InvalidSignature
+
+    sig_path = bundle / MANIFEST_SIG
+    if sig_path.is_symlink() or not sig_path.is_file():
+        raise BundleError(sig_path, None, "missing: the bundle is not signed (tailor sign BUNDLE --key KEY)")
+    try:
+        signature = base64.b64decode(sig_path.read_text(encoding="ascii", errors="replace").strip(), validate=True)
+        key.verify(signature, manifest_bytes)
+    except (binascii.Error, InvalidSignature):
+        raise BundleError(bundle / MANIFEST, "signature", f"does not match {MANIFEST_SIG} under {public_key}: "
+                                                          "changed after signing, or signed with another key") from None
+
+
+def _plain_file_inside(bundle: Path, path: Path) -> None:
+    """A bundle holds plain files only: a symbolic link could point anywhere, and its target is not covered
+    by the hash of what it pointed to when it was checked."""
+    if path.is_symlink():
+        raise BundleError(path, None, f"a symbolic link (to {os.readlink(path)}): a bundle holds plain files only")
+    if not path.resolve().is_relative_to(bundle.resolve()):
+        raise BundleError(path, None, "resolves outside the bundle")
+
+
+def verify_files(bundle: str | Path, digest: str | None = None,
+                 public_key: str | Path | None = None) -> tuple[str, dict]:
     """Check a bundle's files; return (sha256 of manifest.json, the parsed manifest).
 
     ``manifest.sha256`` must hold the hash of ``manifest.json`` (and ``digest``, when given, must
     equal it: a digest pinned outside the bundle also catches a manifest rewritten together with
-    its sha file); every file listed in the manifest must exist with its sha256; any other file,
-    ``__pycache__/`` included, is refused. Raises ``BundleError`` naming the file.
+    its sha file); with ``public_key`` (a PEM file), ``manifest.sig`` must be its Ed25519 signature of
+    manifest.json; every file listed in the manifest must exist, as a plain file inside the bundle (no
+    symbolic link), with its sha256; any other file, ``__pycache__/`` included, is refused. Raises
+    ``BundleError`` naming the file.
     """
     bundle = Path(bundle)
     manifest_path, sha_path = bundle / MANIFEST, bundle / MANIFEST_SHA
@@ -183,6 +272,9 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
         raise BundleError(manifest_path, None, "missing: not a bundle, or bundling did not finish")
     if not sha_path.is_file():
         raise BundleError(sha_path, None, "missing: bundling did not finish, or the bundle predates it: rebuild it")
+    for seal in SEALS:
+        if (bundle / seal).is_symlink():
+            _plain_file_inside(bundle, bundle / seal)
     raw = manifest_path.read_bytes()
     actual = hashlib.sha256(raw).hexdigest()
     fields = sha_path.read_text(encoding="utf-8", errors="replace").split()
@@ -193,6 +285,8 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
                                                    f"file is {actual[:16]}... (changed after bundling)")
     if digest is not None and digest.strip().lower() != actual:
         raise BundleError(manifest_path, "sha256", f"digest {actual} is not the pinned {digest.strip().lower()}")
+    if public_key is not None:
+        check_signature(bundle, raw, public_key)
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -203,13 +297,15 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
 
     for name in listed:
         parts = Path(name).parts
-        if not parts or Path(name).is_absolute() or ".." in parts or name in (MANIFEST, MANIFEST_SHA):
+        if not parts or Path(name).is_absolute() or ".." in parts or name in SEALS:
             raise BundleError(manifest_path, "files", f"{name!r} is not a file inside the bundle")
     for root, dirs, files in os.walk(bundle):  # symlinked folders are not followed: they count as entries
         for entry in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             path = Path(root, entry)
             name = path.relative_to(bundle).as_posix()
-            if name in listed or name in (MANIFEST, MANIFEST_SHA):
+            if os.path.islink(path):
+                _plain_file_inside(bundle, path)
+            if name in listed or name in SEALS:
                 continue
             if "__pycache__" in path.relative_to(bundle).parts:
                 raise BundleError(path, None, "not listed in manifest.json: __pycache__/ appears when edge_runtime.py "
@@ -219,6 +315,7 @@ def verify_files(bundle: str | Path, digest: str | None = None) -> tuple[str, di
         path = bundle / name
         if not path.is_file():
             raise BundleError(path, None, "missing: listed in manifest.json")
+        _plain_file_inside(bundle, path)  # a symlinked folder above it, too
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         found = sha256_file(path)
         if found != expected:
@@ -239,8 +336,16 @@ class RuntimeSettings:
 
     @classmethod
     def from_target_file(cls, path: Path) -> RuntimeSettings:
-        runtime = tomllib.loads(path.read_text(encoding="utf-8")).get("runtime", {})
+        try:
+            runtime = tomllib.loads(path.read_text(encoding="utf-8")).get("runtime", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(path, None, f"not a valid target file: {e}") from None
         known = {k: runtime[k] for k in cls.__dataclass_fields__ if k in runtime}
+        for key, value in known.items():
+            if type(value) is not type(getattr(cls, key)):
+                raise BundleError(path, f"runtime.{key}", f"{value!r}: expected {type(getattr(cls, key)).__name__}")
+        if known.get("graph_optimization", cls.graph_optimization) not in _OPT_LEVELS:
+            raise BundleError(path, "runtime.graph_optimization", f"must be one of {', '.join(_OPT_LEVELS)}")
         return cls(**known)
 
     def session_options(self) -> ort.SessionOptions:
@@ -269,8 +374,10 @@ class GenerationResult:
 
 class EdgeModel:
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, eos_ids: Sequence[int], pad_id: int,
-                 settings: RuntimeSettings, prompt_format: dict | None = None):
+                 settings: RuntimeSettings, prompt_format: dict | None = None, context: int | None = None):
         self.session = session
+        self.context = context  # prompt + new tokens at most (max_position_embeddings); None: unknown, unchecked
+        self._longest_token: int | None = None
         self.prompt_format = prompt_format  # PROMPT_FORMAT's contents; None: prompts as they are
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
@@ -293,32 +400,41 @@ class EdgeModel:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int | None = None, provider: str | None = None,
-             model_file: str = "model.onnx", verify: bool | None = None) -> EdgeModel:
+             model_file: str = "model.onnx", verify: bool | None = None,
+             public_key: str | Path | None = None) -> EdgeModel:
         """Open a bundle (or any Optimum ONNX export folder with tokenizer.json).
 
         ``verify``: None checks the files (``verify_files``) when the folder has a manifest.json
-        (a bundle), True requires a bundle that passes, False skips the check.
+        (a bundle), True requires a bundle that passes, False skips the check. ``public_key`` (a PEM
+        file) also requires ``manifest.sig`` to be its signature of the manifest, and implies the check.
         """
         bundle = Path(bundle_dir)
-        if verify or (verify is None and (bundle / MANIFEST).is_file()):
-            verify_files(bundle)
+        if public_key is not None or verify or (verify is None and (bundle / MANIFEST).is_file()):
+            _, manifest = verify_files(bundle, public_key=public_key)
+            if model_file not in manifest["files"]:
+                raise BundleError(bundle / model_file, None, "not listed in manifest.json: not a model of this bundle")
         target = bundle / "target.toml"
         settings = RuntimeSettings.from_target_file(target) if target.is_file() else RuntimeSettings()
         if threads is not None:
             settings = dataclasses.replace(settings, intra_op_threads=threads)
         if provider is not None:
             settings = dataclasses.replace(settings, execution_provider=provider)
+        if settings.intra_op_threads < 0:
+            raise RequestError("threads", f"{settings.intra_op_threads}: must be >= 0 (0 = one per physical core)")
         available = ort.get_available_providers()
         if settings.execution_provider not in available:
-            raise RuntimeError(f"{bundle}: execution provider {settings.execution_provider} is not available "
-                               f"in this onnxruntime (available: {', '.join(available)})")
-        session = ort.InferenceSession(str(bundle / model_file), sess_options=settings.session_options(),
-                                       providers=[settings.execution_provider])
-        tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+            raise BundleError(bundle, None, f"execution provider {settings.execution_provider} is not available in "
+                              f"this onnxruntime (available: {', '.join(available)})")
+        session = _open(bundle / model_file, lambda path: ort.InferenceSession(
+            str(path), sess_options=settings.session_options(), providers=[settings.execution_provider]))
+        tokenizer = _open(bundle / "tokenizer.json", lambda path: Tokenizer.from_file(str(path)))
         tokenizer.no_padding()
         tokenizer.no_truncation()
         eos_ids, pad_id = _special_ids(bundle, tokenizer)
-        return cls(session, tokenizer, eos_ids, pad_id, settings, _prompt_format(bundle))
+        try:
+            return cls(session, tokenizer, eos_ids, pad_id, settings, _prompt_format(bundle), _context_length(bundle))
+        except (ValueError, KeyError, IndexError) as e:  # a graph without the decoder's inputs and outputs
+            raise BundleError(bundle / model_file, None, f"not a decoder this runtime can drive: {e}") from None
 
     def encode(self, text: str) -> list[int]:
         """Text as it is, with the tokenizer's own special tokens."""
@@ -343,14 +459,16 @@ class EdgeModel:
 
     def generate(self, prompt_or_ids: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_p: float = 1.0, stop: Sequence[int | str] | None = None, seed: int = 0,
-                 logits_processor: LogitsProcessor | None = None) -> GenerationResult:
+                 logits_processor: LogitsProcessor | None = None, truncate: str = "error") -> GenerationResult:
         """Greedy decoding at ``temperature=0``, else sampling with temperature and nucleus ``top_p``.
 
         ``stop`` holds extra stop token ids and/or stop strings; the eos ids always stop (a stop
         string is cut from ``text``; its tokens stay in ``tokens``). ``logits_processor(new_tokens,
         scores)`` may rewrite each step's ``[batch, vocab]`` scores before the choice (decode-time tools).
+        ``truncate``: what a prompt too long for the context gets (``TRUNCATE``; the module's docstring).
         """
-        ids = self.encode_prompt(prompt_or_ids) if isinstance(prompt_or_ids, str) else [int(i) for i in prompt_or_ids]
+        check_request(max_new_tokens, temperature, top_p, truncate)
+        ids = self._prompt_ids(prompt_or_ids, max_new_tokens, truncate)
         rng = np.random.default_rng(seed)
         pick = _greedy if temperature <= 0 else (lambda logits: _sample(logits, temperature, top_p, rng))
         return self._decode([ids], max_new_tokens, pick, stop, logits_processor)[0]
@@ -363,7 +481,8 @@ class EdgeModel:
         Results come back in the order of ``prompts``; timings are per batch. A ``logits_processor``
         sees the rows of one batch, in that batch's order.
         """
-        rows = [self.encode_prompt(p) if isinstance(p, str) else [int(i) for i in p] for p in prompts]
+        check_request(max_new_tokens)
+        rows = [self._prompt_ids(p, max_new_tokens) for p in prompts]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         results: list[GenerationResult | None] = [None] * len(rows)
         for start in range(0, len(order), batch_size):
@@ -373,12 +492,43 @@ class EdgeModel:
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    @property
+    def max_prompt_chars(self) -> int | None:
+        """Characters beyond which no prompt fits the context: the context times the longest token's length."""
+        if self.context is None:
+            return None
+        if self._longest_token is None:
+            self._longest_token = max(map(len, self.tokenizer.get_vocab(with_added_tokens=True)), default=1)
+        return self.context * max(1, self._longest_token)
+
+    def _prompt_ids(self, prompt: str | Sequence[int], max_new_tokens: int, truncate: str = "error") -> list[int]:
+        """A prompt's ids, checked against the context (cut from the left with ``truncate="left"``)."""
+        if isinstance(prompt, str):
+            limit = self.max_prompt_chars
+            if limit is not None and len(prompt) > limit:
+                if truncate != "left":
+                    raise RequestError("prompt", f"{len(prompt)} characters cannot fit the context of {self.context} "
+                                       f"tokens (at most {limit} characters); shorten it, or truncate it from the left")
+                prompt = prompt[-limit:]
+            ids = self.encode_prompt(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise RequestError("prompt", "empty: nothing to condition on")
+        if self.context is None or len(ids) + max_new_tokens <= self.context:
+            return ids
+        room = self.context - max_new_tokens
+        if truncate != "left" or room < 1:
+            raise RequestError("prompt", f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the context "
+                               f"of {self.context} tokens; shorten the prompt, lower max_new_tokens"
+                               + (", or truncate the prompt from the left" if room >= 1 else ""))
+        return ids[-room:]
+
     def _decode(self, rows: list[list[int]], max_new_tokens: int, pick, stop,
                 processor: LogitsProcessor | None = None) -> list[GenerationResult]:
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        check_request(max_new_tokens)
         if any(not r for r in rows):
-            raise ValueError("empty prompt: nothing to condition on")
+            raise RequestError("prompt", "empty: nothing to condition on")
         stop_ids = set(self.eos_ids) | {s for s in stop or () if isinstance(s, int)}
         stop_strings = [s for s in stop or () if isinstance(s, str)]
         batch, width = len(rows), max(len(r) for r in rows)
@@ -497,6 +647,29 @@ def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
     return out
 
 
+def _open(path: Path, load: Callable[[Path], object]):
+    """``load(path)``, or a BundleError naming the file: a missing, truncated or corrupt model or tokenizer file."""
+    if not path.is_file():
+        raise BundleError(path, None, "missing")
+    try:
+        return load(path)
+    except Exception as e:  # onnxruntime and tokenizers raise their own types (InvalidProtobuf, Exception)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(path, None, f"cannot be loaded: {reason[:300]}") from None
+
+
+def _context_length(bundle: Path) -> int | None:
+    """The model's context (config.json's max_position_embeddings); None where the folder does not say."""
+    path = bundle / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise BundleError(path, None, f"not a JSON object: {e}") from None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _prompt_format(bundle: Path) -> dict | None:
     path = bundle / PROMPT_FORMAT
     if not path.is_file():
@@ -514,7 +687,15 @@ def _prompt_format(bundle: Path) -> dict | None:
 def _special_ids(bundle: Path, tokenizer: Tokenizer) -> tuple[list[int], int]:
     def read(name: str) -> dict:
         path = bundle / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BundleError(path, None, f"not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise BundleError(path, None, "not a JSON object")
+        return data
 
     generation, config, tok_config = read("generation_config.json"), read("config.json"), read("tokenizer_config.json")
 
@@ -565,19 +746,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="send --prompt as it is, without the bundle's prompt format (chat template, BOS)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the sha256 check of the bundle's files (for devices that verify once at install)")
+    parser.add_argument("--public-key", metavar="PEM",
+                        help="also require manifest.sig to be this Ed25519 key's signature of manifest.json "
+                             "(`tailor sign`; needs the cryptography package); implies the file check")
+    parser.add_argument("--truncate", choices=TRUNCATE, default="error",
+                        help="a prompt whose tokens plus --max-new-tokens exceed the model's context: error (exit 2, "
+                             "the default) or left (keep its last tokens that fit)")
     args = parser.parse_args(argv)
-
     try:
-        model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file,
-                               verify=not args.no_verify)
+        out = _run_cli(args)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
-    if args.raw_prompt:
-        model.prompt_format = None
-    out = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
-                         logits_processor=Calculator(model) if use_calculator else None)
+    except RequestError as e:  # named by its flag: --max-new-tokens, --prompt, ...
+        print(f"error: --{e.where.replace('_', '-')}: {e.problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(out.__dict__))
     else:
@@ -586,6 +772,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{len(out.tokens)} tokens, stop: {out.stop_reason}, ttft {out.ttft_ms:.1f} ms, "
               f"{per_token:.2f} ms/token median]", file=sys.stderr)
     return 0
+
+
+def _run_cli(args: argparse.Namespace) -> GenerationResult:
+    check_request(args.max_new_tokens, args.temperature, args.top_p, args.truncate)  # before the model loads
+    model = EdgeModel.load(args.bundle, threads=args.threads, provider=args.provider, model_file=args.model_file,
+                           verify=not args.no_verify, public_key=args.public_key)
+    use_calculator = bundle_uses_calculator(args.bundle) if args.calculator == "auto" else args.calculator == "on"
+    if args.raw_prompt:
+        model.prompt_format = None
+    return model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.stop, args.seed,
+                          logits_processor=Calculator(model) if use_calculator else None, truncate=args.truncate)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def test_unlisted_hidden_file_in_subfolder_fails_verify(copy):
 
 
 def test_verify_bundle_uses_the_runtimes_check(copy, monkeypatch):
-    def fake(bundle, digest=None):
+    def fake(bundle, digest=None, public_key=None):
         raise runtime.BundleError(Path(bundle) / "x.bin", "sha256", "from the runtime")
 
     monkeypatch.setattr(runtime, "verify_files", fake)
@@ -316,3 +316,139 @@ def test_edge_model_load_verify_modes(copy, onnx_dir, tmp_path):
         runtime.EdgeModel.load(copy)  # verify=None on a bundle: verified
     assert str(caught.value).startswith(f"{copy / 'README.md'}: sha256: hash mismatch")
     assert runtime.EdgeModel.load(copy, verify=False).generate("Q:", 2).tokens
+
+
+# --- edge runtime: requests it refuses with one line, exit 2 ----------------------------------------
+
+LONG_495 = "".join(chr(97 + (i * 7) % 26) for i in range(495))  # one token a character: 495 + 32 > 512
+
+
+def _edge_prompt(bundle: Path, prompt: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-B", str(bundle / "edge_runtime.py"), str(bundle), "--prompt", prompt, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and done.stdout == "", done.stderr
+    return lines[0]
+
+
+def test_edge_runtime_cli_refuses_what_cannot_run(built, tmp_path):
+    model = runtime.EdgeModel.load(built)
+    assert model.context == 512 and len(model.encode_prompt(LONG_495)) + 32 > 512
+    line = _one_error_line(_edge_prompt(built, LONG_495))  # the case: ONNX Runtime threw here
+    assert line.startswith("error: --prompt: 495 prompt tokens + 32 new tokens exceed the context of 512 tokens")
+    line = _one_error_line(_edge_prompt(built, "x" * 100_000))
+    assert "--prompt: 100000 characters cannot fit the context of 512 tokens" in line
+    line = _one_error_line(_edge_prompt(built, "Q: 3+4=?\nA:", "--max-new-tokens", "-5"))
+    assert line == "error: --max-new-tokens: -5: must be a whole number of at least 1"
+    cut = _edge_prompt(built, LONG_495, "--truncate", "left", "--json")  # --max-new-tokens 32
+    assert cut.returncode == 0, cut.stderr
+    assert json.loads(cut.stdout)["prompt_tokens"] == 512 - 32
+
+
+def test_edge_runtime_cli_names_a_model_that_will_not_load(copy, onnx_dir):
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 3])
+    line = _one_error_line(_edge(copy, "--no-verify"))
+    assert line.startswith(f"error: {copy / 'model.onnx'}: cannot be loaded: ")
+    (copy / "model.onnx").unlink()
+    assert _one_error_line(_edge(copy, "--no-verify")) == f"error: {copy / 'model.onnx'}: missing"
+    shutil.copy2(onnx_dir / "model.onnx", copy / "model.onnx")
+    (copy / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    assert _one_error_line(_edge(copy, "--no-verify")).startswith(f"error: {copy / 'tokenizer.json'}: cannot be loaded")
+
+
+def test_edge_model_raises_request_errors(built, monkeypatch):
+    model = runtime.EdgeModel.load(built)
+    for kwargs, where in (({"max_new_tokens": -5}, "max_new_tokens"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                          ({"temperature": float("nan")}, "temperature"), ({"top_p": 0}, "top_p"),
+                          ({"truncate": "right"}, "truncate")):
+        with pytest.raises(runtime.RequestError) as caught:
+            model.generate("Q: 3+4=?\nA:", **kwargs)
+        assert caught.value.where == where and isinstance(caught.value, ValueError)
+    with pytest.raises(runtime.RequestError, match="exceed the context of 512"):
+        model.generate(LONG_495)
+    with pytest.raises(runtime.RequestError, match="exceed the context"):
+        model.generate_batch(["Q: 3+4=?\nA:", LONG_495])
+    with pytest.raises(runtime.RequestError, match="empty"):
+        model.generate([])
+    assert model.generate(LONG_495, 32, truncate="left").prompt_tokens == 480
+    assert model.generate(LONG_495, 8).prompt_tokens == 495  # it fits with fewer new tokens
+    with pytest.raises(runtime.RequestError, match="at most 5120 characters"):
+        model.generate("x" * (model.max_prompt_chars + 1))
+    monkeypatch.setattr(model, "encode_prompt", lambda prompt: pytest.fail("tokenized a prompt that cannot fit"))
+    with pytest.raises(runtime.RequestError, match="100000 characters"):
+        model.generate("x" * 100_000)
+
+
+# --- symbolic links and signatures ----------------------------------------------------------------
+
+def test_a_listed_file_symlinked_outside_the_bundle_is_refused(copy, tmp_path):
+    outside = tmp_path / "elsewhere" / "tokenizer.json"
+    outside.parent.mkdir()
+    shutil.move(copy / "tokenizer.json", outside)
+    (copy / "tokenizer.json").symlink_to(outside)  # same bytes, so its hash still matches the manifest
+    with pytest.raises(ArtifactError, match=r"tokenizer.json: a symbolic link \(to .*elsewhere/tokenizer.json\)"):
+        verify_bundle(copy)
+    assert main(["verify", str(copy)]) == 1
+    line = _one_error_line(_edge(copy))
+    assert line.startswith(f"error: {copy / 'tokenizer.json'}: a symbolic link")
+
+
+def test_a_symlinked_seal_or_folder_is_refused(copy, tmp_path):
+    (copy / "sub").mkdir()
+    (tmp_path / "real").mkdir()
+    (copy / "sub" / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ArtifactError, match="sub/link: a symbolic link"):
+        verify_bundle(copy)
+    shutil.rmtree(copy / "sub")
+    shutil.move(copy / "manifest.sha256", tmp_path / "manifest.sha256")
+    (copy / "manifest.sha256").symlink_to(tmp_path / "manifest.sha256")
+    with pytest.raises(ArtifactError, match="manifest.sha256: a symbolic link"):
+        verify_bundle(copy)
+
+
+def _keypair(tmp_path: Path, name: str = "release") -> tuple[Path, Path]:
+    assert main(["keygen", str(tmp_path / "keys" / name)]) == 0
+    private, public = tmp_path / "keys" / name, tmp_path / "keys" / f"{name}.pub"
+    assert private.stat().st_mode & 0o777 == 0o600 and public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    return private, public
+
+
+def test_sign_and_verify_round_trip_and_a_changed_manifest_fails(copy, tmp_path, capsys):
+    private, public = _keypair(tmp_path)
+    assert main(["keygen", str(private)]) == 2  # never overwrites a key
+    assert main(["sign", str(copy), "--key", str(private)]) == 0
+    assert (copy / "manifest.sig").is_file()
+    capsys.readouterr()
+    assert main(["verify", str(copy), "--public-key", str(public)]) == 0
+    assert "signature OK" in capsys.readouterr().out
+    assert main(["verify", str(copy)]) == 0  # manifest.sig is a seal, not an unlisted file
+    assert _edge(copy, "--public-key", str(public)).returncode == 0
+    assert runtime.EdgeModel.load(copy, public_key=public).generate("Q:", 2).tokens
+
+    _, other = _keypair(tmp_path, "other")
+    assert main(["verify", str(copy), "--public-key", str(other)]) == 1
+    assert "signature: does not match manifest.sig" in capsys.readouterr().err
+
+    _flip_byte(copy / "manifest.json")
+    _reseal(copy)  # the sha file matches again: only the signature tells
+    assert main(["verify", str(copy), "--public-key", str(public)]) == 1
+    assert f"verify FAILED: {copy / 'manifest.json'}: signature: does not match" in capsys.readouterr().err
+    line = _one_error_line(_edge(copy, "--public-key", str(public)))
+    assert line.startswith(f"error: {copy / 'manifest.json'}: signature: does not match")
+
+
+def test_signature_required_only_with_a_key_and_bad_keys_are_bad_input(copy, tmp_path, capsys):
+    private, public = _keypair(tmp_path)
+    assert main(["verify", str(copy), "--public-key", str(public)]) == 1
+    assert "manifest.sig: missing: the bundle is not signed" in capsys.readouterr().err
+    assert main(["verify", str(copy), "--public-key", str(private)]) == 2  # a private key is no public key
+    assert main(["verify", str(copy), "--public-key", str(tmp_path / "nope.pub")]) == 2
+    assert main(["sign", str(copy), "--key", str(public)]) == 2
+    _flip_byte(copy / "README.md")
+    assert main(["sign", str(copy), "--key", str(private)]) == 2  # a changed bundle is never signed
+    assert "README.md: sha256: hash mismatch" in capsys.readouterr().err and not (copy / "manifest.sig").exists()

@@ -95,7 +95,7 @@ def test_interrupted_stage_is_redone_and_leaves_no_record(tmp_path):
         _run(tmp_path, cfg)
     run = RunDir(tmp_path / "run")
     assert run.record("first") is not None and run.record("second") is None
-    assert run.manifest()["stages"]["second"]["status"] == "failed"
+    assert run.manifest()["stages"]["second"]["status"] == "interrupted"
     fake_stages.FAIL.clear()
     fake_stages.CALLS.clear()
     _run(tmp_path, cfg)

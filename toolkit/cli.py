@@ -25,13 +25,15 @@ exit codes:
      the file and the field or line; nothing is written)
   3  environment failure: disk full, read-only or unwritable folder, permission denied, or another
      tailor process holds the run directory's lock (<run>/.lock)
+  130 / 143  interrupted by Ctrl-C (SIGINT) / SIGTERM: the stage it stopped is removed and marked
+     interrupted (`tailor status`); the same command again resumes from it
 """
 
 
 def _overrides_help(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. distill.lora.r=16 elicit.drafts=64")
-    parser.add_argument("--config", help="YAML or TOML run config (default: the embedded world)")
+    parser.add_argument("--config", help="YAML, TOML or JSON run config, by its suffix (default: the embedded world)")
     parser.add_argument("--target", help="device target: a name from `tailor targets` or a .toml path")
 
 
@@ -86,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "corruption and careless edits only; a digest pinned outside the bundle also protects "
                              "against deliberate tampering (which can rewrite manifest.sha256 too)")
 
+    verify.add_argument("--public-key", metavar="PEM",
+                        help="also require manifest.sig to be this Ed25519 key's signature of manifest.json "
+                             "(`tailor sign`): protects against tampering by anyone without the private key")
+
+    sign = sub.add_parser("sign", help="sign a bundle's manifest with an Ed25519 private key (writes manifest.sig)",
+                          description="Check the bundle's files, then write manifest.sig: the base64 Ed25519 "
+                                      "signature of manifest.json, which holds every other file's sha256. "
+                                      "`tailor verify BUNDLE --public-key KEY.pub` and `edge_runtime.py BUNDLE "
+                                      "--public-key KEY.pub` check it (docs/security.md).")
+    sign.add_argument("bundle")
+    sign.add_argument("--key", required=True, metavar="PEM", help="the private key (from `tailor keygen`)")
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for `tailor sign`",
+                            description="Write a private key to KEY (PEM, mode 0600: keep it off devices) and its "
+                                        "public key to KEY.pub (ship this one to devices); refuses to overwrite.")
+    keygen.add_argument("key", metavar="KEY")
+
     bench = sub.add_parser("bench", help="measure a bundle's latency on the edge runtime (or --run DIR: the stage)")
     bench.add_argument("bundle", nargs="?")
     bench.add_argument("--run", help="run the pipeline's bench stage in this run directory instead")
@@ -113,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default=str(Path.home() / ".cache" / "edge-tailor" / "world"),
                        help="where to build (use it with EDGE_TAILOR_WORLD=<out>)")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--scale", type=float, default=1.0, help="fraction of documents and steps (tests use 0.01)")
+    build.add_argument("--scale", type=float, default=1.0, help="fraction in (0, 1] of documents and steps (tests use 0.01)")
     return parser
 
 
@@ -191,12 +210,32 @@ def cmd_verify(args) -> int:
         target = Path(args.bundle) / "target.toml"
         if target.is_file():
             _print_kernel_line(load_target(target))
-        info = verify_bundle(args.bundle, args.target, digest=args.digest)
+        info = verify_bundle(args.bundle, args.target, digest=args.digest, public_key=args.public_key)
     except ArtifactError as exc:
         print(f"verify FAILED: {exc}", file=sys.stderr)
         return 1
     print(f"verify OK: {args.bundle}: {json.dumps(info, default=str)[:400]}")
     print(f"manifest sha256: {info['manifest_sha256']}" + (" (matches --digest)" if args.digest else ""))
+    if args.public_key:
+        print(f"signature OK: manifest.sig under {args.public_key}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from .export.signing import sign_bundle
+
+    info = sign_bundle(args.bundle, args.key)
+    print(f"signed: {info['signature']} (manifest sha256 {info['manifest_sha256']}, key {info['key']})")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from .export.signing import generate_keypair, public_key_fingerprint
+
+    private, public = generate_keypair(args.key)
+    print(f"private key: {private} (keep it where bundles are released, never on a device)")
+    print(f"public key: {public} (key {public_key_fingerprint(public.read_bytes())}; for "
+          "`tailor verify --public-key` and edge_runtime.py --public-key)")
     return 0
 
 
@@ -344,8 +383,14 @@ def cmd_config(args) -> int:
 
 
 def cmd_toy(args) -> int:
+    import math
+
+    from .config import COMMAND_LINE
+    from .errors import InputError
     from .toyworld.build import WorldSpec, build_world
 
+    if not (math.isfinite(args.scale) and 0 < args.scale <= 1):
+        raise InputError(COMMAND_LINE, "--scale", f"{args.scale:g} is not a fraction in (0, 1] of the default world")
     spec = WorldSpec(seed=args.seed)
     if args.scale != 1.0:
         spec = spec.scaled(args.scale)
@@ -367,10 +412,27 @@ def _usage(message: str) -> _UsageError:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from .interrupts import signals_raise
     from .progress import library_output
 
-    with library_output(verbose=args.verbose):  # quiet by default: library output to <run>/log.txt
-        return _dispatch(args)
+    try:
+        with signals_raise(), library_output(verbose=args.verbose):  # quiet by default: library output to <run>/log.txt
+            return _dispatch(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (edge_tailor.interrupts)
+        line, code = _interrupted_line(exc)
+        print(line, file=sys.stderr)
+        return code
+
+
+def _interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:
+    from .interrupts import Interrupted
+
+    exc = exc if isinstance(exc, Interrupted) else Interrupted.from_exception(exc, None)
+    signal_name = exc.args[0]
+    if exc.stage is None:
+        return f"interrupted ({signal_name}) outside any stage: run the same command again to go on", exc.exit_code
+    return (f"interrupted ({signal_name}) in stage '{exc.stage}': what it had written was removed; run the same "
+            f"command again to resume from {exc.stage} (finished stages are kept)"), exc.exit_code
 
 
 def _dispatch(args) -> int:
@@ -378,7 +440,8 @@ def _dispatch(args) -> int:
     from .pipeline import STAGE_NAMES
 
     handlers = {"run": cmd_run, "status": cmd_status, "targets": cmd_targets, "config": cmd_config, "toy": cmd_toy,
-                "gate": cmd_gate, "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report}
+                "gate": cmd_gate, "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report, "sign": cmd_sign,
+                "keygen": cmd_keygen}
     handler = handlers.get(args.command) or (cmd_stage if args.command in STAGE_NAMES else None)
     try:
         return handler(args)

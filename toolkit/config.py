@@ -1,4 +1,5 @@
-"""The typed config of a whole run: YAML/TOML file + dotted command-line overrides.
+"""The typed config of a whole run: a YAML, TOML or JSON file (edge_tailor.config_files) + dotted
+command-line overrides.
 
 One pydantic model per stage; field descriptions are the documentation (`tailor config show`).
 The field defaults ARE the shipped default run (configs/default.yaml restates some of them for a
@@ -11,17 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 import types
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_files import parse_override_value, read_config_file
 from .errors import InputError
+from .target import MAX_THREADS
 
 EMBEDDED = "embedded"  # model path meaning "the embedded default world's model"
 COMMAND_LINE = "command line"  # the origin of dotted overrides in error messages
@@ -29,7 +30,9 @@ RUN_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: an infinite beta, learning rate or temperature passes every `gt=0` bound, then breaks
+    # training (or runs forever) deep inside a stage
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(Section):
@@ -200,7 +203,9 @@ class DistillConfig(Section):
 
 class EvalConfig(Section):
     test_questions: int = Field(1000, ge=1, description="test questions scored (the embedded world has 1000: the "
-                                "ablation's paired difference needs that many to resolve a few points)")
+                                "ablation's paired difference needs that many to resolve a few points); at most the "
+                                "task's test split, checked before a run starts (the default, 1000, takes all of a "
+                                "smaller one)")
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(
         96, ge=4, description="test answers (and the bundle's INT8 accuracy): a 3-step rationale with a fundamentals "
@@ -230,7 +235,7 @@ class ExportConfig(Section):
 class BenchConfig(Section):
     reference_rounds: int = Field(5, ge=1, description="interleaved PyTorch-fp32 / edge rounds for relative budgets")
     reference_threads: int = Field(
-        1, ge=1, description="threads of both sides of the relative-budget reference: one, because on a busy "
+        1, ge=1, le=MAX_THREADS, description="threads of both sides of the relative-budget reference: one, because on a busy "
         "shared machine torch's 2-thread pool slowed 17x to 150x (measured: 200 ms/token against 1.3 quiet) "
         "while ONNX Runtime slowed far less, which hides a slower edge runtime; absolute figures use the target's")
 
@@ -239,10 +244,10 @@ class RunConfig(Section):
     name: str = Field("default", description="run name: the run directory is <out>/<name>")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is present, else cpu")
-    threads: int = Field(1, ge=0, description="torch CPU threads; 0 = the target's intra_op_threads. 1: the default "
+    threads: int = Field(1, ge=0, le=MAX_THREADS, description="torch CPU threads; 0 = the target's intra_op_threads. 1: the default "
                          "world's tiny models ran 6x slower on 2 threads at batch 64 (measured), so independent jobs "
                          "run one per core instead (workers)")
-    workers: int = Field(0, ge=0, description="processes for independent jobs (the two teachers' data, the ablation "
+    workers: int = Field(0, ge=0, le=MAX_THREADS, description="processes for independent jobs (the two teachers' data, the ablation "
                          "trainings); 0 = CPU cores / threads, 1 on CUDA")
     target: str = Field("ci-x86", description="a shipped target name or a path to a target TOML (default: "
                         "targets/ci-x86.toml, the 2-core x86-64 CI machine)")
@@ -275,43 +280,6 @@ class RunConfig(Section):
         return v
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(path, None, f"cannot read config: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "not UTF-8 text") from None
-    if path.suffix == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-            problem = re.sub(r"\s*\(at .*\)$", "", str(exc))
-            where = f"line {m[1]}" if m else f"line {max(1, len(text.splitlines()))} (end of file)"
-            raise InputError(path, where, f"not valid TOML: {problem}" + (f" (column {m[2]})" if m else "")) from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            where = f"line {mark.line + 1}" if mark is not None else None
-            column = f" (column {mark.column + 1})" if mark is not None else ""
-            raise InputError(path, where, f"not valid YAML: {problem}{column}") from None
-        data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise InputError(path, None, "the top level must be a mapping of sections")
-    return data
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
     key, sep, value = override.partition("=")
@@ -328,7 +296,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node = node[part]
         if not isinstance(node, dict):
             raise InputError(COMMAND_LINE, key, f"'{part}' is not a section")
-    node[leaf] = _parse_value(value)
+    node[leaf] = parse_override_value(value)
 
 
 def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -346,7 +314,7 @@ def origin_of(field: str, source: str | Path, overrides: list[str] | tuple[str, 
     # elicit.annotate.name=gsm8k, with no annotate section in the file) comes from the command line too.
     parts = field.split(".")
     try:
-        data: Any = _read_file(Path(source))
+        data: Any = read_config_file(Path(source))
     except InputError:
         data = {}
     for key in keys:
@@ -406,7 +374,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     """Load a run config; no path means the shipped default (the embedded world). A file layers over
     the defaults (which are the shipped default): keys it leaves out keep their default values."""
     source = config_source(path)
-    data = _read_file(source)
+    data = read_config_file(source)
     for override in overrides:
         apply_override(data, override)
     data = _drop_null_sections(data, RunConfig)

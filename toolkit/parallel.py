@@ -17,6 +17,7 @@ from typing import Callable, Hashable, TypeVar
 
 import torch
 
+from .interrupts import ignore_interrupts
 from .models import pick_device
 from .progress import track
 
@@ -44,16 +45,40 @@ def die_with_parent() -> None:
 
 def _quiet_worker(threads: int) -> None:
     die_with_parent()
+    ignore_interrupts()
     os.environ["TQDM_DISABLE"] = "1"  # the parent shows one bar over the jobs instead of interleaved ones
     os.environ["EDGE_TAILOR_QUIET"] = "1"
     torch.set_num_threads(threads)
 
 
 def run_jobs(fn: Callable[..., R], jobs: dict[Hashable, tuple], workers: int, description: str) -> dict[Hashable, R]:
-    """{key: fn(*args)} for every job, in `workers` processes (in this process when 1)."""
+    """{key: fn(*args)} for every job, in `workers` processes (in this process when 1).
+
+    When anything stops the parent (a job's error, Ctrl-C, SIGTERM), the workers are ended at once:
+    the pool's own exit would first wait for every running job to finish."""
     if workers <= 1:
         return {key: fn(*args) for key, args in track(jobs.items(), description, total=len(jobs))}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_quiet_worker, initargs=(torch.get_num_threads(),)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_quiet_worker, initargs=(torch.get_num_threads(),))
+    try:
         futures = {pool.submit(fn, *args): key for key, args in jobs.items()}
-        return {futures[f]: f.result() for f in track(as_completed(futures), description, total=len(futures))}
+        results = {futures[f]: f.result() for f in track(as_completed(futures), description, total=len(futures))}
+    except BaseException:
+        _end_workers(pool)
+        raise
+    pool.shutdown()
+    return results
+
+
+def _end_workers(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
+    # Python 3.14 has pool.terminate_workers(); before it the worker processes are only in _processes.
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()

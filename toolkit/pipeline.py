@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import RunConfig, TaskSpec, config_hash
-from .errors import InputError, RunLocked
+from .config import EvalConfig, RunConfig, TaskSpec, config_hash
+from .errors import EnvironmentFailure, InputError, RunLocked
+from .interrupts import Interrupted
 from .progress import console, live, run_log
 from .rundir import RunDir
 
@@ -109,7 +110,15 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
         record = st.module.run(cfg, run)
         extra = tuple(record.pop("extra_files", ()))  # files a stage writes at the run's root (report.json)
         return run.finish_stage(st.name, fp, record, time.perf_counter() - started, extra)
-    except BaseException as exc:  # KeyboardInterrupt and a full disk too: nothing half-written stays
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (edge_tailor.interrupts): redone by the next run
+        run.abort_stage(st.name, f"{type(exc).__name__}: {exc}", status="interrupted")
+        raise Interrupted.from_exception(exc, st.name) from None
+    except OSError as exc:  # a full disk, a read-only folder, permission denied: the file and the stage named
+        run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
+        where = exc.filename if exc.filename is not None else run.stage_dir(st.name)
+        raise EnvironmentFailure(where, f"{exc.strerror or exc} (in stage '{st.name}', whose output was removed: "
+                                 "free space or fix the permission, then run the same command again)") from None
+    except BaseException as exc:  # nothing half-written stays
         run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
         raise
 
@@ -169,7 +178,8 @@ def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str]
 Origin = Callable[[str], str]  # config field -> where its value came from ("command line" or a file)
 
 
-def _check_task(spec: TaskSpec, field: str, origin: Origin) -> None:
+def _check_task(spec: TaskSpec, field: str, origin: Origin):
+    """The task ``spec`` names, loaded; an InputError naming the setting and its origin otherwise."""
     from .tasks import load_task
 
     if spec.name == "toy-arith":
@@ -180,7 +190,7 @@ def _check_task(spec: TaskSpec, field: str, origin: Origin) -> None:
                 raise InputError(given, None, f"file not found ({key}, from {origin(key)})")
             raise InputError(origin(key), key, f"'{given}': task 'toy-arith' is built in and reads no file; set "
                              f"{field}.name to gsm8k, bbh or multiple-choice to use a data file")
-        return
+        return load_task(spec)
     if not spec.path:
         key = f"{field}.path"
         raise InputError(origin(key), key, f"task '{spec.name}' needs a data file")
@@ -188,7 +198,7 @@ def _check_task(spec: TaskSpec, field: str, origin: Origin) -> None:
         key = f"{field}.cot_prompt"
         raise InputError(origin(key), key, f"only task 'bbh' reads a chain-of-thought prompt, not '{spec.name}'")
     try:
-        load_task(spec)
+        return load_task(spec)
     except InputError as exc:
         if exc.source == "config":
             raise InputError(origin(field), f"{field}.{str(exc.where).split('.')[-1]}", exc.problem) from None
@@ -199,6 +209,22 @@ def _check_task(spec: TaskSpec, field: str, origin: Origin) -> None:
         raise
     except ValueError as exc:  # a loader's own bounds (too few records to split)
         raise InputError(spec.path, None, f"too few records for the task's splits: {exc} ({field}.path)") from None
+
+
+def _check_against_task(cfg: RunConfig, task, origin: Origin) -> None:
+    """Values that must name or fit what the task has: its reasoning techniques, the size of its test split."""
+    techniques = cfg.elicit.techniques or []
+    unknown = sorted({t for t in techniques if t not in task.techniques})
+    twice = sorted({t for t in techniques if techniques.count(t) > 1})
+    if unknown or twice:
+        problem = f"unknown technique(s) {', '.join(map(repr, unknown))}" if unknown else \
+            f"{', '.join(map(repr, twice))} given twice"
+        raise InputError(origin("elicit.techniques"), "elicit.techniques",
+                         f"{problem}; task '{task.name}' has {', '.join(task.techniques)}")
+    asked, default = cfg.evaluate.test_questions, EvalConfig.model_fields["test_questions"].default
+    if asked > len(task.test) and asked != default:
+        raise InputError(origin("evaluate.test_questions"), "evaluate.test_questions",
+                         f"{asked} is more than the {len(task.test)} test questions of task '{task.name}'")
 
 
 def _check_model(role: str, spec, origin: Origin) -> None:
@@ -227,7 +253,7 @@ def preflight(cfg: RunConfig, origin: Origin, run: RunDir | None = None, only: s
         if named and exc.source == str(cfg.target):  # an unknown name, not a file
             raise InputError(origin("target"), "target", f"'{cfg.target}': {exc.problem}") from None
         raise
-    _check_task(cfg.task, "task", origin)
+    _check_against_task(cfg, _check_task(cfg.task, "task", origin), origin)
     if cfg.elicit.annotate is not None:
         _check_task(cfg.elicit.annotate, "elicit.annotate", origin)
         try:

@@ -38,12 +38,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError from writing ``path`` names it: a full disk fails in ``write()``, whose error has no file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text to a temp file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
+        with naming(path), os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
@@ -68,8 +79,9 @@ def read_json(path: Path) -> Any:
 
 
 def write_jsonl(path: Path, rows) -> None:
-    """A stage's row file (drafts, scores, pairs, training data): one JSON object per line."""
-    with open(path, "w") as handle:
+    """A stage's row file (drafts, scores, pairs, training data): one JSON object per line. Not atomic: a stage
+    that fails has its whole folder removed (RunDir.abort_stage)."""
+    with naming(path), open(path, "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
 
@@ -180,11 +192,12 @@ class RunDir:
         self._update_manifest(stage, full)
         return full
 
-    def fail_stage(self, stage: str, error: str) -> None:
-        self._update_manifest(stage, {"status": "failed", "error": error})
+    def fail_stage(self, stage: str, error: str, status: str = "failed") -> None:
+        self._update_manifest(stage, {"status": status, "error": error})
 
-    def abort_stage(self, stage: str, error: str) -> None:
-        """A stage failed: remove what it half-wrote (its folder and record) and mark it failed.
+    def abort_stage(self, stage: str, error: str, status: str = "failed") -> None:
+        """A stage failed or was interrupted: remove what it half-wrote (its folder and record) and mark it
+        with ``status``.
 
         Best effort: it runs while an exception propagates (which may be a full disk), and must
         not replace that exception with its own.
@@ -192,7 +205,7 @@ class RunDir:
         self.record_path(stage).unlink(missing_ok=True)
         shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
         try:
-            self.fail_stage(stage, error)
+            self.fail_stage(stage, error, status)
         except (OSError, InputError):
             pass
 

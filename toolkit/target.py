@@ -30,7 +30,12 @@ from edge_tailor.errors import InputError
 
 class _Section(BaseModel):
     # strict: TOML is typed, so "2" for an int or 1 for a bool is a mistake, not a conversion.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan: `inf` is a TOML float, and an infinite budget or scale is never meant.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+MAX_THREADS = 1024  # threads or processes, here and in a run config: more than any device has cores (a typo
+# such as 100000 would start that many)
 
 
 class TargetInfo(_Section):
@@ -54,8 +59,8 @@ class TargetInfo(_Section):
 class Runtime(_Section):
     engine: Literal["onnxruntime"]
     execution_provider: str
-    intra_op_threads: int = Field(ge=1)
-    inter_op_threads: int = Field(ge=1)
+    intra_op_threads: int = Field(ge=1, le=MAX_THREADS)
+    inter_op_threads: int = Field(ge=1, le=MAX_THREADS)
     allow_spinning: bool
     graph_optimization: Literal["all", "extended", "basic", "disabled"]
 

@@ -16,7 +16,7 @@ from ..evaluate import evaluate_model, student_tools, summary
 from ..generation import ToolSettings
 from ..models import load_model
 from ..parallel import run_jobs, worker_count
-from ..rundir import RunDir
+from ..rundir import RunDir, naming
 from ..tasks import load_task
 
 
@@ -67,7 +67,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     results.setdefault("teacher_with_tools", results["teacher"])
     results.setdefault("student_before", results["teacher"])
     world = results.pop("probe", None)
-    with open(folder / "completions.jsonl", "w") as handle:
+    with naming(folder / "completions.jsonl"), open(folder / "completions.jsonl", "w") as handle:
         for i, ex in enumerate(test):
             handle.write(json.dumps({"question": ex.question, "gold": ex.answer,
                                      **{k: results[k]["completions"][i] for k in
