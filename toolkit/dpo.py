@@ -12,10 +12,11 @@ from trl import DPOConfig, DPOTrainer
 from .config import RunConfig
 from .progress import hide_library_bars
 from .prompt_format import format_of
+from .seq_length import fitting_length, model_context
 from .teacher import load_teacher
 
 
-def dpo_config(cfg: RunConfig, output_dir: str, seed: int | None = None) -> DPOConfig:
+def dpo_config(cfg: RunConfig, output_dir: str, seed: int | None = None, max_length: int = 512) -> DPOConfig:
     ac = cfg.align
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     return DPOConfig(
@@ -26,7 +27,7 @@ def dpo_config(cfg: RunConfig, output_dir: str, seed: int | None = None) -> DPOC
         loss_type=["sigmoid", "sft"] if ac.nll_anchor else ["sigmoid"],
         loss_weights=[1.0, 1.0] if ac.nll_anchor else None,
         logging_steps=max(1, ac.max_steps // 16) if ac.max_steps > 0 else 5, save_strategy="no", report_to=[],
-        seed=cfg.seed if seed is None else seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), max_length=512,
+        seed=cfg.seed if seed is None else seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), max_length=max_length,
         dataloader_num_workers=0, disable_tqdm=hide_library_bars(),
         gradient_checkpointing=cuda)  # as in sft_arguments: recomputation buys GPU memory, on a CPU only time
 
@@ -59,7 +60,12 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None 
     fmt = format_of(teacher.tokenizer)  # trl tokenizes with the tokenizer's defaults: BOS added there
     data = Dataset.from_list([{"prompt": fmt.render(p["prompt"], with_bos=False), "chosen": p["chosen"],
                                "rejected": p["rejected"]} for p in pairs])
-    trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer"), seed), train_dataset=data,
+    # never below the old fixed 512, so runs whose pairs all fit keep their exact batches and figures
+    pairs_text = ((r["prompt"], (r["chosen"], r["rejected"])) for r in data)
+    max_length = max(512, fitting_length(teacher.tokenizer, pairs_text, model_context(teacher.model),
+                                         "align (DPO pairs)", "lower elicit.rationale_demos or elicit.rationale_tokens"))
+    trainer = DPOTrainer(model=teacher.model, args=dpo_config(cfg, str(output_dir / "trainer"), seed, max_length),
+                         train_dataset=data,
                          processing_class=teacher.tokenizer, peft_config=lora)
     trainer.train()
     trainer.save_model(str(output_dir / "adapter"))  # adapter + tokenizer, written by the main process only

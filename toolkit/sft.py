@@ -15,24 +15,25 @@ from trl import SFTConfig, SFTTrainer
 from .config import DistillConfig
 from .progress import hide_library_bars
 from .prompt_format import format_of
+from .seq_length import fitting_length, model_context
 from .qat import convert_qat, count_fake_quantized, prepare_qat
 
 
-def sft_arguments(dc: DistillConfig, output_dir: str, seed: int, device: str) -> dict:
+def sft_arguments(dc: DistillConfig, output_dir: str, seed: int, device: str, max_length: int = 256) -> dict:
     cuda = torch.cuda.is_available() and device != "cpu"
     return dict(output_dir=output_dir, max_steps=dc.max_steps, per_device_train_batch_size=dc.batch_size,
                 learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
                 logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
                 data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                max_length=256, dataloader_num_workers=0, disable_tqdm=hide_library_bars(),
+                max_length=max_length, dataloader_num_workers=0, disable_tqdm=hide_library_bars(),
                 # trl 1.16 turns checkpointing on by default: it saves GPU memory by recomputing the forward pass,
                 # which on a CPU costs time and saves memory no run here lacks (default student, 30 steps: 18.4 s
                 # with it, 12.2 s without)
                 gradient_checkpointing=cuda)
 
 
-def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str) -> SFTConfig:
-    return SFTConfig(**sft_arguments(dc, output_dir, seed, device), completion_only_loss=True)
+def sft_config(dc: DistillConfig, output_dir: str, seed: int, device: str, max_length: int = 256) -> SFTConfig:
+    return SFTConfig(**sft_arguments(dc, output_dir, seed, device, max_length), completion_only_loss=True)
 
 
 def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=None, seed: int = 0,
@@ -47,14 +48,19 @@ def fit_adapter(model, tokenizer, rows: list[dict], dc: DistillConfig, *, quant=
     fmt = format_of(tokenizer)  # trl tokenizes with the tokenizer's defaults, which add BOS where it belongs
     data = Dataset.from_list([{"prompt": fmt.render(r["prompt"], with_bos=False), "completion": r["completion"]}
                               for r in rows])
+    # never below the old fixed 256, so runs whose rows all fit keep their exact batches and figures
+    max_length = max(256, fitting_length(tokenizer, ((r["prompt"], (r["completion"],)) for r in data),
+                                         model_context(model), "distill (training rows)",
+                                         "lower elicit.rationale_tokens"))
     if teacher is not None:
         from .logit_kd import gkd_trainer
 
-        kwargs = sft_arguments(dc, str(workdir), seed, device) | {"dataset_kwargs": {"skip_prepare_dataset": True}}
+        kwargs = sft_arguments(dc, str(workdir), seed, device, max_length) | {"dataset_kwargs": {"skip_prepare_dataset": True}}
         trainer = gkd_trainer(model, teacher, tokenizer, data, kwargs, dc.logit_distillation, lora)
     else:
         trainer_class = SFTTrainer if quant is None else FakeQuantHeadSFTTrainer
-        trainer = trainer_class(model=model, args=sft_config(dc, str(workdir), seed, device), train_dataset=data,
+        trainer = trainer_class(model=model, args=sft_config(dc, str(workdir), seed, device, max_length),
+                                train_dataset=data,
                                 processing_class=tokenizer, peft_config=lora)
     trainer.train()
     return trainer
