@@ -126,6 +126,8 @@ def test_export_side_files_carry_the_format(onnx_dir, tmp_path):
 
 
 def test_toolkit_generation_tokenizes_the_rendered_prompt_without_adding_specials():
+    import types
+
     import torch
 
     from edge_tailor.generation import generate
@@ -140,9 +142,9 @@ def test_toolkit_generation_tokenizes_the_rendered_prompt_without_adding_special
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-        def generate(self, input_ids, attention_mask, **kw):
+        def forward(self, input_ids, attention_mask, **kw):
             seen.append(input_ids[0].tolist())
-            return torch.cat([input_ids, torch.full((1, 1), 1)], dim=1)
+            return types.SimpleNamespace(logits=torch.zeros((1, input_ids.shape[1], len(tok))))
 
     generate(Model(), tok, ["a b"], max_new_tokens=1)
     want = tok(prompt_format.render(tok, "a b"), add_special_tokens=False)["input_ids"]

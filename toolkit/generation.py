@@ -24,12 +24,14 @@ from transformers import LogitsProcessor, LogitsProcessorList
 # One calculator rule for training and the device: the edge runtime (export/runtime.py) must stay a
 # single self-contained file (onnxruntime, numpy, tokenizers only) that a bundle ships, so it keeps
 # the only implementation of `calculator_next` and the toolkit imports it from there, never the reverse.
+from .decoding import decode_batch, sampling_warpers
 from .export.runtime import calculator_next, glued_digit_ids, result_complete
 from .progress import track
 from .prompt_format import render_all
 
 _RESULT = re.compile(r"=\s*(-?\d+)")
 _FINAL_TAG = "#### "
+PREFIX_KEY = 64  # tokens of a prompt that group it with the prompts sharing its demonstrations
 
 
 @dataclass
@@ -58,6 +60,15 @@ class ArithmeticTools(LogitsProcessor):
         self.queues: list[list[int]] = []
         self.used_steps: list[int] = []
         self.closed: list[bool] = []  # the tools just wrote a whole number: no digit may lengthen it
+
+    def select_rows(self, keep: list[int]) -> None:
+        """Rows that ended left the batch (edge_tailor.decoding): keep the state of those that stay."""
+        if self.solutions is not None:
+            self.solutions = [self.solutions[i] for i in keep]
+        if self.queues:
+            self.queues = [self.queues[i] for i in keep]
+            self.used_steps = [self.used_steps[i] for i in keep]
+            self.closed = [self.closed[i] for i in keep]
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -131,30 +142,54 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
              top_p: float = 1.0, batch_size: int = 32, tools: ToolSettings | None = None,
              solutions: Sequence[Sequence[str]] | None = None, seed: int = 0,
              stop: Sequence[str] = (), description: str = "generating") -> list[str]:
-    """Generate one completion per prompt (greedy when temperature is 0), in batches."""
-    device = next(model.parameters()).device
+    """Generate one completion per prompt (greedy when temperature is 0), in batches of similar length."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    outputs: list[str] = []
     sample = temperature > 0
-    for start in track(range(0, len(prompts), batch_size), description,
-                       total=(len(prompts) + batch_size - 1) // batch_size):
-        batch = list(prompts[start:start + batch_size])
-        # rendered once here for every stage (edge_tailor.prompt_format: chat template, BOS once)
-        enc = tokenizer(render_all(tokenizer, batch), return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
+    # rendered once here for every stage (edge_tailor.prompt_format: chat template, BOS once)
+    encoded = tokenizer(render_all(tokenizer, list(prompts)), add_special_tokens=False)["input_ids"]
+    warpers = sampling_warpers(temperature, top_p) if sample else None
+    outputs: list[str] = [""] * len(prompts)
+    batches = similar_batches(encoded, batch_size)
+    for batch in track(batches, description, total=len(batches)):
         processors = LogitsProcessorList()
         if tools and (tools.calculator or tools.grounding):
-            rows = solutions[start:start + batch_size] if solutions is not None else None
-            processors.append(ArithmeticTools(tokenizer, enc["input_ids"].shape[1], tools, rows, sample, generator))
-        kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p} if sample else {"do_sample": False}
-        if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, logits_processor=processors,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        outputs += [cut_at_stop(t, stop) for t in texts]
+            rows = [solutions[i] for i in batch] if solutions is not None else None
+            width = max(len(encoded[i]) for i in batch)
+            processors.append(ArithmeticTools(tokenizer, width, tools, rows, sample, generator))
+        new = decode_batch(model, [encoded[i] for i in batch], pad_id=tokenizer.pad_token_id,
+                           max_new_tokens=max_new_tokens, eos_ids=[tokenizer.eos_token_id],
+                           processors=processors, warpers=warpers,
+                           ends=_stop_check(tokenizer, stop) if stop else None)
+        for i, ids in zip(batch, new):
+            outputs[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
     return outputs
+
+
+def similar_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches: prompts that open with the same PREFIX_KEY tokens (the same demonstrations)
+    batch together, so a batch shares its prefix's KV cache (edge_tailor.decoding), and by length, so a batch
+    holds little padding."""
+    order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i][:PREFIX_KEY]), len(encoded[i])))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and list(encoded[groups[-1][0]][:PREFIX_KEY]) == list(encoded[i][:PREFIX_KEY]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    alone = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: len(encoded[i]))
+    runs = [g for g in groups if len(g) > 1] + ([alone] if alone else [])
+    return [run[start:start + batch_size] for run in runs for start in range(0, len(run), batch_size)]
+
+
+def _stop_check(tokenizer, stop: Sequence[str]):
+    """Whether a row's newest tokens hold a stop string (a stop string spans a few tokens at most)."""
+    tail = max(len(s) for s in stop) + 2
+
+    def ends(row: int, ids: list[int]) -> bool:
+        text = tokenizer.decode(ids[-tail:], skip_special_tokens=True)
+        return any(s in text for s in stop)
+    return ends
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
