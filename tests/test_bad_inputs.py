@@ -630,6 +630,41 @@ def test_disk_full_or_permission_denied_in_a_stage_names_the_file_and_the_stage(
     assert json.loads((run / "manifest.json").read_text())["stages"]["elicit"]["status"] == "failed"
 
 
+@pytest.mark.parametrize("message, free, code", [
+    ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598", 0, 3),  # torch.save, disk full
+    ("Error while serializing: IoError(Os { code: 28, kind: StorageFull })", 10 << 30, 3),  # safetensors
+    ("unexpected pos 704 vs 598", 10 << 30, None),  # with space left: the stage's own error, not a full disk
+])
+def test_a_library_s_own_error_on_a_full_disk_is_named_as_one(message, free, code, tmp_path, monkeypatch, capsys):
+    import collections
+
+    from edge_tailor import pipeline
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage(free + 1, 1, free))
+    module = sys.modules["bad_inputs_fake.elicit"]
+
+    def raises(cfg, run_dir):
+        (run_dir.stage_dir("elicit") / "model.safetensors").write_text("half")
+        raise RuntimeError(message)
+
+    module.run, real = raises, module.run
+    try:
+        if code is None:
+            with pytest.raises(RuntimeError, match="unexpected pos"):
+                main(["run", "--out", str(tmp_path / "runs")])
+        else:
+            assert main(["run", "--out", str(tmp_path / "runs")]) == code
+    finally:
+        module.run = real
+    run = tmp_path / "runs" / "default"
+    assert not (run / "elicit").exists()  # nothing half-written stays either way
+    if code == 3:
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"error: {run / 'elicit'}: the disk is full: RuntimeError: "), line
+        assert "in stage 'elicit'" in line
+
+
 def test_bad_config_on_a_finished_run_keeps_config_yaml(tmp_path, capsys):
     """The audit's case: a missing annotation file on a finished run rewrote config.yaml and removed
     records/elicit.json; now it is refused first."""

@@ -118,9 +118,32 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
         where = exc.filename if exc.filename is not None else run.stage_dir(st.name)
         raise EnvironmentFailure(where, f"{exc.strerror or exc} (in stage '{st.name}', whose output was removed: "
                                  "free space or fix the permission, then run the same command again)") from None
-    except BaseException as exc:  # nothing half-written stays
+    except Exception as exc:  # nothing half-written stays
+        run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
+        if disk_full(exc, run.stage_dir(st.name).parent):
+            raise EnvironmentFailure(run.stage_dir(st.name), f"the disk is full: {type(exc).__name__}: {exc} (in stage "
+                                     f"'{st.name}', whose output was removed: free space, then run the same "
+                                     "command again)") from None
+        raise
+    except BaseException as exc:
         run.abort_stage(st.name, f"{type(exc).__name__}: {exc}")
         raise
+
+
+LOW_DISK_BYTES = 64 << 20
+_DISK_FULL_WORDS = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a stage's non-OSError failure is a full disk. torch.save on a full disk raises RuntimeError
+    'unexpected pos 704 vs 598' and native writers (safetensors, onnx) wrap the OS error in their own types,
+    so the message is checked and, where it says nothing, the space left where the run writes."""
+    if any(word in str(exc).lower() for word in _DISK_FULL_WORDS):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < LOW_DISK_BYTES
+    except OSError:
+        return False
 
 
 def _first_missing(path: Path) -> Path | None:
