@@ -150,6 +150,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     encoded = tokenizer(render_all(tokenizer, list(prompts)), add_special_tokens=False)["input_ids"]
     warpers = sampling_warpers(temperature, top_p) if sample else None
     outputs: list[str] = [""] * len(prompts)
+    ends = _stop_check(tokenizer, stop) if stop else None
     batches = similar_batches(encoded, batch_size)
     for batch in track(batches, description, total=len(batches)):
         processors = LogitsProcessorList()
@@ -159,8 +160,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             processors.append(ArithmeticTools(tokenizer, width, tools, rows, sample, generator))
         new = decode_batch(model, [encoded[i] for i in batch], pad_id=tokenizer.pad_token_id,
                            max_new_tokens=max_new_tokens, eos_ids=[tokenizer.eos_token_id],
-                           processors=processors, warpers=warpers,
-                           ends=_stop_check(tokenizer, stop) if stop else None)
+                           processors=processors, warpers=warpers, ends=ends)
         for i, ids in zip(batch, new):
             outputs[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
     return outputs
@@ -170,10 +170,11 @@ def similar_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[l
     """Prompt indices in batches: prompts that open with the same PREFIX_KEY tokens (the same demonstrations)
     batch together, so a batch shares its prefix's KV cache (edge_tailor.decoding), and by length, so a batch
     holds little padding."""
-    order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i][:PREFIX_KEY]), len(encoded[i])))
+    keys = [tuple(ids[:PREFIX_KEY]) for ids in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: (keys[i], len(encoded[i])))
     groups: list[list[int]] = []
     for i in order:
-        if groups and list(encoded[groups[-1][0]][:PREFIX_KEY]) == list(encoded[i][:PREFIX_KEY]):
+        if groups and keys[groups[-1][0]] == keys[i]:
             groups[-1].append(i)
         else:
             groups.append([i])
