@@ -113,3 +113,15 @@ def test_batches_keep_prompts_with_the_same_demonstrations_together():
         assert len({tuple(encoded[i][:PREFIX_KEY]) for i in batch}) == 1 or all(len(encoded[i]) < PREFIX_KEY
                                                                                  for i in batch)
     assert batches == [[1, 2], [0], [3, 4], [6, 5]]  # shortest first within a group
+
+
+def test_nothing_to_generate_is_no_completions_rather_than_a_tokenizer_error(tiny_llama):
+    """A teacher whose drafts all fail the filter leaves generation an empty list (tests/test_real_models.py hit
+    this in CI: the fast tokenizer raises IndexError on an empty batch)."""
+    from edge_tailor.generation import generate
+
+    class RefusesEmptyBatches:
+        def __call__(self, texts, **kwargs):
+            raise AssertionError("the tokenizer was called with " + repr(texts))
+
+    assert generate(tiny_llama, RefusesEmptyBatches(), [], max_new_tokens=4) == []

@@ -143,6 +143,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
              solutions: Sequence[Sequence[str]] | None = None, seed: int = 0,
              stop: Sequence[str] = (), description: str = "generating") -> list[str]:
     """Generate one completion per prompt (greedy when temperature is 0), in batches of similar length."""
+    if not prompts:
+        # a teacher that drafted no usable question leaves nothing to write; the tokenizer refuses an empty batch
+        return []
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     sample = temperature > 0
