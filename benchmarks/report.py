@@ -87,6 +87,8 @@ def assemble(run: RunDir, target_name: str) -> dict:
     latency["fp32_graph"] = bench.get("fp32_graph")
     report = {
         "target": target_name,
+        # processes the training and generating stages ran on (accelerate launch / torchrun; 1 by default)
+        "world_size": max([(run.record(s) or {}).get("world_size", 1) for s in rec] or [1]),
         "accuracy": accuracy,
         "ablation": {"skipped": rec["ablation"].get("skipped"),
                      "original_teacher": rec["ablation"].get("original_teacher"),

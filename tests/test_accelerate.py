@@ -29,3 +29,79 @@ def test_two_cpu_processes(mode, tmp_path):
     assert result["world_size"] == 2 and result["steps"] == 2
     if mode == "dpo":
         assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def _launch(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).with_name("accelerate")  # the console script of this environment
+    return subprocess.run([str(accelerate), "launch", *args], env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_the_pipeline_on_two_processes_writes_one_run_with_the_data_of_one_process(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (torchrun's launcher, gloo on this CPU): every stage's
+    generated data equals a one-process run's with the same seed; one run directory, one bundle; the report says
+    2 processes; the other rank's scratch folder is gone."""
+    from edge_tailor.cli import main
+    from small_runs import overrides
+
+    args = overrides("ddp")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch), "HF_HUB_OFFLINE": "1"}
+    done = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "-m", "edge_tailor.cli", "run", "--out", str(tmp_path / "two"), *args],
+                   env)
+    two = tmp_path / "two" / "ddp"
+    report = json.loads((two / "report.json").read_text())
+    assert done.returncode == (0 if report["passed"] else 1), done.stderr[-3000:]
+    assert report["world_size"] == 2
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["ddp"] and not list(scratch.glob("edge-tailor-rank*"))
+    assert main(["verify", str(two / "bundle")]) == 0
+
+    assert main(["run", "--out", str(tmp_path / "one"), *args]) in (0, 1)
+    one = tmp_path / "one" / "ddp"
+    assert json.loads((one / "report.json").read_text())["world_size"] == 1
+    # DPO ran data-parallel on the two processes, yet the aligned teachers' sampled data is the same text
+    for data in ["baseline/completions.jsonl", "elicit/drafts.jsonl", "prefer/scores.jsonl", "align/pairs.jsonl",
+                 "generate/questions.jsonl", "generate/original.jsonl", "generate/aligned.jsonl",
+                 "generate/aligned-seed1.jsonl"]:
+        assert (two / data).read_text() == (one / data).read_text(), data
+
+
+def test_accelerate_cpu_flag_that_would_start_one_process_is_refused(tmp_path):
+    """accelerate 1.15's `--cpu --num_processes 2` starts one process unless MPI runs them: refused, with the
+    launch that works, before anything is written."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = _launch(["--cpu", "--num_processes", "2", "-m", "edge_tailor.cli", "run", "--out", str(tmp_path / "x")], env)
+    assert done.returncode != 0 and not (tmp_path / "x").exists()
+    assert "--multi_gpu --num_processes N" in done.stderr and "torchrun" in done.stderr
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_before_anything_is_written(
+        tmp_path, monkeypatch, capsys):
+    from edge_tailor.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; preflight refuses before joining any group
+    assert main(["run", "--out", str(tmp_path / "runs"), "distill.batch_size=3"]) == 2
+    err = capsys.readouterr().err
+    assert "distill.batch_size" in err and "3 does not split over 2 processes" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_another_rank_reads_finished_stages_from_rank_0_and_writes_its_own_into_scratch(tmp_path):
+    from edge_tailor.rundir import FollowerRunDir, RunDir
+
+    main_run = RunDir(tmp_path / "run")
+    main_run.start_stage("elicit")
+    (main_run.stage_dir("elicit") / "drafts.jsonl").write_text("{}\n")
+    main_run.finish_stage("elicit", "fp", {"metrics": {}}, 1.0)
+    follower = FollowerRunDir(main_run.root, tmp_path / "scratch")
+    folder = follower.start_stage("prefer")
+    assert folder == tmp_path / "scratch" / "prefer" and folder.is_dir()
+    assert follower.stage_dir("elicit") == main_run.stage_dir("elicit") and follower.record("elicit")["fingerprint"] == "fp"
+    (folder / "scores.jsonl").write_text("{}\n")
+    record = follower.finish_stage("prefer", "fp2", {"metrics": {"n": 1}}, 2.0)
+    assert record["metrics"] == {"n": 1} and not folder.exists()
+    # nothing of the follower's reached rank 0's run directory: no folder, no record, no manifest entry
+    assert not main_run.stage_dir("prefer").exists() and main_run.record("prefer") is None
+    assert "prefer" not in main_run.manifest()["stages"]
+    assert follower.stage_dir("prefer") == main_run.stage_dir("prefer")  # after the stage: rank 0's files

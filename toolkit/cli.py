@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 EPILOG = """examples:
@@ -146,12 +147,14 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
+    from . import distributed
     from .config import config_hash, config_source, load_config, origin_of
     from .errors import InputError
     from .pipeline import STAGE_NAMES, preflight, run_pipeline
     from .rundir import RunDir
     from .target import target_hash
 
+    distributed.check_launcher()
     overrides = list(args.overrides) + ([f"target={args.target}"] if args.target else [])
     cfg = load_config(args.config, overrides)
     for option, names in (("--force", args.force), ("--only", args.only)):
@@ -166,12 +169,17 @@ def cmd_run(args) -> int:
     source = config_source(args.config)
     # Every input is checked before anything is written: a bad one leaves no run directory behind.
     target = preflight(cfg, lambda field: origin_of(field, source, overrides), run, set(args.only) or None)
-    _print_kernel_line(target)
     import torch
 
-    torch.set_num_threads(cfg.threads or target.runtime.intra_op_threads)
-    run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force),
-                 config_text=_yaml(cfg))
+    # processes on one machine share its cores (accelerate / torchrun set LOCAL_WORLD_SIZE)
+    torch.set_num_threads(max(1, (cfg.threads or target.runtime.intra_op_threads) // distributed.local_world_size()))
+    if distributed.is_main():
+        _print_kernel_line(target)
+    with _processes():  # rank 0 shows the progress and writes the run directory
+        run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force),
+                     config_text=_yaml(cfg))
+    if not distributed.is_main():
+        return 0  # the verdict is the main process's exit code
     print(f"run directory: {run.root}  (config hash {config_hash(cfg)})")
     if (run.root / "report.json").exists() and run.record("report"):
         return _gate_and_print(str(run.root), None)
@@ -313,9 +321,25 @@ def cmd_stage(args) -> int:
         raise _usage(f"{cfg_path}: missing: not a run directory (make one with `tailor run`)")
     cfg = load_config(cfg_path)
     target = preflight(cfg, lambda field: str(cfg_path), run, {args.command})
-    run_pipeline(cfg, run, target_hash(target), only={args.command},
-                 force={args.command} if args.force else set())
+    with _processes():
+        run_pipeline(cfg, run, target_hash(target), only={args.command},
+                     force={args.command} if args.force else set())
     return 0
+
+
+@contextmanager
+def _processes():
+    """Join the launcher's processes, if any (edge_tailor.distributed): rank 0 shows the progress."""
+    from . import distributed
+
+    distributed.check_launcher()
+    distributed.init()
+    if not distributed.is_main():
+        os.environ["EDGE_TAILOR_QUIET"] = "1"
+    try:
+        yield
+    finally:
+        distributed.shutdown()
 
 
 def cmd_status(args) -> int:

@@ -10,6 +10,7 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 from .config import RunConfig
+from .distributed import per_device_batch
 from .progress import hide_library_bars
 from .prompt_format import format_of
 from .seq_length import fitting_length, model_context
@@ -21,7 +22,7 @@ def dpo_config(cfg: RunConfig, output_dir: str, seed: int | None = None, max_len
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     return DPOConfig(
         output_dir=output_dir, beta=ac.beta, learning_rate=ac.learning_rate, num_train_epochs=ac.epochs,
-        max_steps=ac.max_steps, per_device_train_batch_size=ac.batch_size, warmup_ratio=ac.warmup_ratio,
+        max_steps=ac.max_steps, per_device_train_batch_size=per_device_batch(ac.batch_size, "align.batch_size"), warmup_ratio=ac.warmup_ratio,
         lr_scheduler_type="cosine",
         # trl 1.16 spells the chosen-side NLL anchor (RPO) as an extra "sft" loss term
         loss_type=["sigmoid", "sft"] if ac.nll_anchor else ["sigmoid"],
@@ -68,7 +69,10 @@ def train_dpo(cfg: RunConfig, pairs: list[dict], output_dir, stack: list | None 
                          train_dataset=data,
                          processing_class=teacher.tokenizer, peft_config=lora)
     trainer.train()
-    trainer.save_model(str(output_dir / "adapter"))  # adapter + tokenizer, written by the main process only
+    # Trainer.save_model writes on the main process only; with several processes every rank keeps the adapter in
+    # its own stage folder (edge_tailor.rundir.FollowerRunDir), where a further ARTE round reads it back
+    trainer.model.save_pretrained(str(output_dir / "adapter"))
+    teacher.tokenizer.save_pretrained(str(output_dir / "adapter"))
     shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return trainer, history

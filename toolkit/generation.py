@@ -24,6 +24,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 # One calculator rule for training and the device: the edge runtime (export/runtime.py) must stay a
 # single self-contained file (onnxruntime, numpy, tokenizers only) that a bundle ships, so it keeps
 # the only implementation of `calculator_next` and the toolkit imports it from there, never the reverse.
+from . import distributed
 from .decoding import decode_batch, sampling_warpers
 from .export.runtime import calculator_next, glued_digit_ids, result_complete
 from .progress import track
@@ -31,6 +32,7 @@ from .prompt_format import render_all
 
 _RESULT = re.compile(r"=\s*(-?\d+)")
 _FINAL_TAG = "#### "
+BATCH_SEED_STRIDE = 7919  # batch k samples from seed + k * this: no two batches of one call share a stream
 PREFIX_KEY = 64  # tokens of a prompt that group it with the prompts sharing its demonstrations
 
 
@@ -146,16 +148,18 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     if not prompts:
         # a teacher that drafted no usable question leaves nothing to write; the tokenizer refuses an empty batch
         return []
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     sample = temperature > 0
     # rendered once here for every stage (edge_tailor.prompt_format: chat template, BOS once)
     encoded = tokenizer(render_all(tokenizer, list(prompts)), add_special_tokens=False)["input_ids"]
     warpers = sampling_warpers(temperature, top_p) if sample else None
-    outputs: list[str] = [""] * len(prompts)
     ends = _stop_check(tokenizer, stop) if stop else None
     batches = similar_batches(encoded, batch_size)
-    for batch in track(batches, description, total=len(batches)):
+    done = []
+    # with several processes each decodes its share of the batches (edge_tailor.distributed); a batch's sampling
+    # is seeded by its index, so the texts are the same whichever process, and however many, decode it
+    for index, batch in track(distributed.mine(batches), description, total=-(-len(batches) // distributed.world_size())):
+        generator = torch.Generator().manual_seed(seed + BATCH_SEED_STRIDE * index)
+        torch.manual_seed(seed + BATCH_SEED_STRIDE * index)
         processors = LogitsProcessorList()
         if tools and (tools.calculator or tools.grounding):
             rows = [solutions[i] for i in batch] if solutions is not None else None
@@ -164,8 +168,11 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
         new = decode_batch(model, [encoded[i] for i in batch], pad_id=tokenizer.pad_token_id,
                            max_new_tokens=max_new_tokens, eos_ids=[tokenizer.eos_token_id],
                            processors=processors, warpers=warpers, ends=ends)
-        for i, ids in zip(batch, new):
-            outputs[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+        done.append((index, [cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop) for ids in new]))
+    outputs: list[str] = [""] * len(prompts)
+    for batch, texts in zip(batches, distributed.gather_in_order(done, len(batches))):
+        for i, text in zip(batch, texts):
+            outputs[i] = text
     return outputs
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Hashable, TypeVar
 
 import torch
 
+from . import distributed
 from .interrupts import ignore_interrupts
 from .models import pick_device
 from .progress import track
@@ -26,6 +27,8 @@ R = TypeVar("R")
 
 def worker_count(device: str, jobs: int, requested: int = 0) -> int:
     """`requested` if set; else one worker per `torch threads` cores on a CPU, one on CUDA."""
+    if distributed.world_size() > 1:
+        return 1  # the ranks share out the work inside each job (edge_tailor.distributed); no pools beside them
     if requested:
         return max(1, min(jobs, requested))
     if pick_device(device).type == "cuda":

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import distributed
 from .config import EvalConfig, RunConfig, TaskSpec, config_hash
 from .errors import EnvironmentFailure, InputError, RunLocked
 from .interrupts import Interrupted
 from .progress import console, live, run_log
-from .rundir import RunDir
+from .rundir import FollowerRunDir, RunDir
 
 COMMON_SECTIONS = ("seed", "task", "teacher", "student")
 LOG_FILE = "log.txt"  # <run>/log.txt: library warnings, logging and output of each command (edge_tailor.progress)
@@ -36,6 +37,9 @@ class Stage:
     uses_target: bool = False
     module_name: str = ""  # default: edge_tailor.stages.<name>
     ignores: tuple[str, ...] = ()  # "section.key"s of its sections that it never reads (out of its fingerprint)
+    # with several processes (edge_tailor.distributed): every rank runs it, training data-parallel and generating
+    # its share; False: the main process alone (export, latency, the bundle), the others wait
+    every_rank: bool = True
 
     @property
     def module(self):
@@ -64,11 +68,11 @@ STAGES: tuple[Stage, ...] = (
           # the QAT-vs-PTQ arms read the fidelity and calibration keys, never these
           ignores=("export.parity_prompts", "export.parity_tokens", "export.fusion_check_prompts", "export.try_all")),
     Stage("export", "ONNX export (Optimum, KV cache), fp32 parity, quantization per target, INT8 accuracy",
-          needs=("distill",), sections=("export", "evaluate"), uses_target=True),
+          needs=("distill",), sections=("export", "evaluate"), uses_target=True, every_rank=False),
     Stage("bench", "latency on the edge runtime with the target's shapes, and the PyTorch fp32 reference",
-          needs=("export",), sections=("bench",), uses_target=True),
+          needs=("export",), sections=("bench",), uses_target=True, every_rank=False),
     Stage("report", "report.json, report.md with plots, and the verified bundle/",
-          needs=("baseline", "generate", "ablation", "export", "bench"), uses_target=True),
+          needs=("baseline", "generate", "ablation", "export", "bench"), uses_target=True, every_rank=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -108,6 +112,7 @@ def run_stage(cfg: RunConfig, run: RunDir, st: Stage, fp: str) -> dict:
     try:
         run.start_stage(st.name)
         record = st.module.run(cfg, run)
+        record["world_size"] = distributed.world_size() if st.every_rank else 1
         extra = tuple(record.pop("extra_files", ()))  # files a stage writes at the run's root (report.json)
         return run.finish_stage(st.name, fp, record, time.perf_counter() - started, extra)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (edge_tailor.interrupts): redone by the next run
@@ -165,6 +170,8 @@ def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str]
     output, see edge_tailor.progress.run_log). If setting up fails, a run directory this call
     created is removed again."""
     stages = stages or STAGES
+    if not distributed.is_main():
+        return _follow(cfg, run, target_digest, only, force, stages)
     created = _first_missing(run.root)
     records = {}
     with ExitStack() as stack:
@@ -180,18 +187,48 @@ def run_pipeline(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str]
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             raise
+        distributed.barrier()  # the run directory is set up: the other ranks may read it
         with live():
-            for st, fp, must in plan(cfg, run, target_digest, force, stages):
-                if only and st.name not in only:
-                    continue
-                if not must:
-                    console.print(f"[dim]- {st.name}: up to date, skipped[/dim]")
-                    records[st.name] = run.record(st.name)
-                    continue
-                console.print(f"[bold]> {st.name}[/bold]: {st.summary}")
-                record = run_stage(cfg, run, st, fp)
-                console.print(f"[green]  done[/green] in {record['seconds']:.0f} s")
-                records[st.name] = record
+            records = _run_stages(cfg, run, plan(cfg, run, target_digest, force, stages), only)
+    distributed.barrier()  # the last stage's files are written: every rank may read them
+    return records
+
+
+def _run_stages(cfg: RunConfig, run: RunDir, steps: list[tuple[Stage, str, bool]], only: set[str] | None) -> dict:
+    """The planned stages in order. With several processes every rank walks the same plan (checked), runs the
+    `every_rank` stages together and waits at a barrier after each stage, while the main process writes it."""
+    distributed.agree([(st.name, fp, must) for st, fp, must in steps], "the stages to run and their fingerprints")
+    records = {}
+    say = console.print if distributed.is_main() else (lambda *args, **kwargs: None)
+    for st, fp, must in steps:
+        if only and st.name not in only:
+            continue
+        if not must:
+            say(f"[dim]- {st.name}: up to date, skipped[/dim]")
+            records[st.name] = run.record(st.name)
+            continue
+        say(f"[bold]> {st.name}[/bold]: {st.summary}")
+        if distributed.is_main() or st.every_rank:
+            records[st.name] = run_stage(cfg, run, st, fp)
+        distributed.barrier()
+        if not distributed.is_main():
+            records[st.name] = run.record(st.name)  # what the main process wrote, read by the later stages
+        say(f"[green]  done[/green] in {records[st.name]['seconds']:.0f} s")
+    return records
+
+
+def _follow(cfg: RunConfig, run: RunDir, target_digest: str, only: set[str] | None, force: set[str],
+            stages: tuple[Stage, ...]) -> dict[str, dict]:
+    """A rank other than the main one: it reads the main process's run directory and writes the stages it runs
+    with it into a scratch folder of its own (edge_tailor.rundir.FollowerRunDir), removed at the end."""
+    import tempfile
+
+    distributed.barrier()  # the main process holds the lock and has set the run directory up
+    with tempfile.TemporaryDirectory(prefix=f"edge-tailor-rank{distributed.rank()}-") as scratch, \
+            run_log(Path(scratch) / LOG_FILE):  # its library output, as rank 0's goes to <run>/log.txt
+        follower = FollowerRunDir(run.root, scratch)
+        records = _run_stages(cfg, follower, plan(cfg, follower, target_digest, force, stages), only)
+    distributed.barrier()
     return records
 
 
@@ -277,6 +314,12 @@ def preflight(cfg: RunConfig, origin: Origin, run: RunDir | None = None, only: s
             raise InputError(origin("target"), "target", f"'{cfg.target}': {exc.problem}") from None
         raise
     _check_against_task(cfg, _check_task(cfg.task, "task", origin), origin)
+    for field in ("align.batch_size", "distill.batch_size"):  # several processes share every global batch
+        section, key = field.split(".")
+        try:
+            distributed.per_device_batch(getattr(getattr(cfg, section), key), field)
+        except InputError as exc:
+            raise InputError(origin(field), field, exc.problem) from None
     if cfg.elicit.annotate is not None:
         _check_task(cfg.elicit.annotate, "elicit.annotate", origin)
         try:

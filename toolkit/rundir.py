@@ -268,3 +268,39 @@ class RunDir:
                    if k in record}
         manifest.setdefault("stages", {})[stage] = summary
         write_json_atomic(self.manifest_path, manifest)
+
+
+class FollowerRunDir(RunDir):
+    """A rank other than the main one, in a run of several processes (edge_tailor.distributed): it reads every
+    finished stage from the main process's run directory and writes the stage it runs beside the main process
+    into its own scratch folder, dropped when the stage ends: the run directory has one writer."""
+
+    def __init__(self, root: str | Path, scratch: str | Path):
+        super().__init__(root)
+        self.scratch = Path(scratch)
+        self.running: str | None = None
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.scratch / stage if stage == self.running else self.root / stage
+
+    def start_stage(self, stage: str) -> Path:
+        self.running = stage
+        folder = self.stage_dir(stage)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def finish_stage(self, stage: str, fingerprint: str, record: dict, seconds: float,
+                     extra_files: tuple[Path, ...] = ()) -> dict:
+        self._drop(stage)
+        return {"stage": stage, "status": "done", "fingerprint": fingerprint, "seconds": round(seconds, 2), **record}
+
+    def fail_stage(self, stage: str, error: str, status: str = "failed") -> None:
+        self._drop(stage)
+
+    def abort_stage(self, stage: str, error: str, status: str = "failed") -> None:
+        self._drop(stage)
+
+    def _drop(self, stage: str) -> None:
+        shutil.rmtree(self.scratch / stage, ignore_errors=True)
+        self.running = None

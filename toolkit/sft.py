@@ -13,6 +13,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from trl import SFTConfig, SFTTrainer
 
 from .config import DistillConfig
+from .distributed import per_device_batch
 from .progress import hide_library_bars
 from .prompt_format import format_of
 from .seq_length import fitting_length, model_context
@@ -21,7 +22,7 @@ from .qat import convert_qat, count_fake_quantized, prepare_qat
 
 def sft_arguments(dc: DistillConfig, output_dir: str, seed: int, device: str, max_length: int = 256) -> dict:
     cuda = torch.cuda.is_available() and device != "cpu"
-    return dict(output_dir=output_dir, max_steps=dc.max_steps, per_device_train_batch_size=dc.batch_size,
+    return dict(output_dir=output_dir, max_steps=dc.max_steps, per_device_train_batch_size=per_device_batch(dc.batch_size, "distill.batch_size"),
                 learning_rate=dc.learning_rate, lr_scheduler_type="linear", warmup_ratio=0.03,
                 logging_steps=max(1, dc.max_steps // 20), save_strategy="no", report_to=[], seed=seed,
                 data_seed=seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),

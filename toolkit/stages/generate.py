@@ -19,6 +19,9 @@ from ..tasks.base import Example
 from ..tasks.splits import elicit_seeds, held_out_questions
 from ..teacher import load_teacher
 
+# the original teacher drafts the training questions in this many parts, each from its own seed, side by side
+# where there are cores for it: the questions then do not depend on how many processes draft them
+DRAFT_PARTS = 2
 COMPARED = ("original", ALIGNED)  # held-out drafts scored by the student: the base teacher and the shipped one
 
 
@@ -63,13 +66,14 @@ def _teacher_data(cfg: RunConfig, run_dir: RunDir, which: str, questions: list[E
 
 
 def _shared_questions(cfg: RunConfig, run_dir: RunDir, workers: int) -> tuple[list[Example], dict]:
-    """The original teacher's drafts for every teacher, drafted in `workers` processes from their own seeds."""
+    """The original teacher's drafts for every teacher, in DRAFT_PARTS parts from their own seeds."""
     wanted = _questions_wanted(cfg)
-    share = -(-wanted // workers)
-    parts = run_jobs(_draft, {k: (cfg, run_dir, "original", cfg.seed + 100 * k, share) for k in range(workers)},
+    share = -(-wanted // DRAFT_PARTS)
+    workers = min(workers, DRAFT_PARTS)
+    parts = run_jobs(_draft, {k: (cfg, run_dir, "original", cfg.seed + 100 * k, share) for k in range(DRAFT_PARTS)},
                      workers, f"generate: the original teacher drafts {wanted} questions, {workers} at a time")
     seen, questions = set(), []
-    for k in range(workers):
+    for k in range(DRAFT_PARTS):
         for q in parts[k][0]:
             if q.question not in seen:  # two processes may draft the same question
                 seen.add(q.question)
