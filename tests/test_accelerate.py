@@ -37,9 +37,9 @@ def _launch(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def test_the_pipeline_on_two_processes_writes_one_run_with_the_data_of_one_process(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` (torchrun's launcher, gloo on this CPU): every stage's
-    generated data equals a one-process run's with the same seed; one run directory, one bundle; the report says
-    2 processes; the other rank's scratch folder is gone."""
+    """`accelerate launch --cpu --num_processes 2` (handed to torchrun's launcher, gloo on this CPU): every
+    stage's generated data equals a one-process run's with the same seed; one run directory, one bundle; the
+    report says 2 processes; the other rank's scratch folder is gone."""
     from edge_tailor.cli import main
     from small_runs import overrides
 
@@ -47,13 +47,12 @@ def test_the_pipeline_on_two_processes_writes_one_run_with_the_data_of_one_proce
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch), "HF_HUB_OFFLINE": "1"}
-    done = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "-m", "edge_tailor.cli", "run", "--out", str(tmp_path / "two"), *args],
-                   env)
+    done = _launch(["--cpu", "--num_processes", "2", "-m", "edge_tailor.cli", "run", "--out", str(tmp_path / "two"),
+                    *args], env)
     two = tmp_path / "two" / "ddp"
     report = json.loads((two / "report.json").read_text())
     assert done.returncode == (0 if report["passed"] else 1), done.stderr[-3000:]
-    assert report["world_size"] == 2
+    assert report["world_size"] == 2 and "starting 2 with torchrun's launcher" in done.stderr
     assert [p.name for p in (tmp_path / "two").iterdir()] == ["ddp"] and not list(scratch.glob("edge-tailor-rank*"))
     assert main(["verify", str(two / "bundle")]) == 0
 
@@ -67,13 +66,30 @@ def test_the_pipeline_on_two_processes_writes_one_run_with_the_data_of_one_proce
         assert (two / data).read_text() == (one / data).read_text(), data
 
 
-def test_accelerate_cpu_flag_that_would_start_one_process_is_refused(tmp_path):
-    """accelerate 1.15's `--cpu --num_processes 2` starts one process unless MPI runs them: refused, with the
-    launch that works, before anything is written."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = _launch(["--cpu", "--num_processes", "2", "-m", "edge_tailor.cli", "run", "--out", str(tmp_path / "x")], env)
-    assert done.returncode != 0 and not (tmp_path / "x").exists()
-    assert "--multi_gpu --num_processes N" in done.stderr and "torchrun" in done.stderr
+def test_accelerate_cpu_launch_that_starts_one_process_is_handed_to_torchrun(monkeypatch):
+    """accelerate 1.15's `--cpu --num_processes 2` starts one process unless MPI runs them: that process becomes
+    torchrun's launcher for the 2 it asked for; a launch over several machines is refused, naming what works."""
+    from edge_tailor import distributed
+    from edge_tailor.errors import InputError
+
+    for key in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(sys, "argv", ["cli.py", "run", "--out", "runs"])
+    assert distributed.cpu_launch_left_to_mpi() is None  # no accelerate: nothing to do
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    parent = ["python", "accelerate", "launch", "--cpu", "--num_processes=2", "-m", "edge_tailor.cli", "run",
+              "--num_machines", "9"]
+    monkeypatch.setattr("psutil.Process.cmdline", lambda self: parent)
+    command = distributed.cpu_launch_left_to_mpi()
+    assert command[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                           "--master_port", "29511", "-m", "edge_tailor.cli", "run", "--out", "runs"]
+    parent[4:5] = ["--num_processes", "4", "--num_machines", "2"]
+    with pytest.raises(InputError, match="--multi_gpu --num_processes N"):
+        distributed.cpu_launch_left_to_mpi()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a process torchrun started: nothing to do
+    assert distributed.cpu_launch_left_to_mpi() is None
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_before_anything_is_written(

@@ -436,6 +436,8 @@ def _usage(message: str) -> _UsageError:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if argv is None and args.command in ("run", *_stage_names()):
+        _start_the_processes_accelerate_left_to_mpi()
     from .interrupts import signals_raise
     from .progress import library_output
 
@@ -446,6 +448,28 @@ def main(argv: list[str] | None = None) -> int:
         line, code = _interrupted_line(exc)
         print(line, file=sys.stderr)
         return code
+
+
+def _stage_names() -> tuple[str, ...]:
+    from .pipeline import STAGE_NAMES
+
+    return STAGE_NAMES
+
+
+def _start_the_processes_accelerate_left_to_mpi() -> None:
+    from .distributed import cpu_launch_left_to_mpi
+    from .errors import EXIT_BAD_INPUT, InputError
+
+    try:
+        command = cpu_launch_left_to_mpi()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    if command:
+        print(f"accelerate launch --cpu started one process (it leaves the others to MPI): starting "
+              f"{command[command.index('--nproc_per_node') + 1]} with torchrun's launcher", file=sys.stderr)
+        sys.stderr.flush()
+        os.execv(command[0], command)
 
 
 def _interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:

@@ -41,19 +41,55 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def check_launcher() -> None:
-    """Refuse the one launch that looks parallel and is not: accelerate 1.15's `--cpu --num_processes N` sets
-    MASTER_ADDR for N processes but starts one unless it runs mpirun (`--mpirun_hostfile`), so without this the
-    run would go on alone and look like N."""
+def cpu_launch_left_to_mpi() -> list[str] | None:
+    """The command that starts what `accelerate launch --cpu --num_processes N` asked for, when accelerate did not.
+
+    accelerate 1.15 sets MASTER_ADDR for N CPU processes but starts one unless mpirun starts them
+    (`--mpirun_hostfile`; `utils/launch.py` prepare_simple_launcher_cmd_env), so the run would go on alone while
+    looking parallel. Here that one process hands itself to torchrun's launcher (the one `--multi_gpu` uses, gloo
+    on a CPU) with N read from accelerate's command line, its parent. None when there is nothing to do; an
+    InputError when N cannot be read or the launch spans machines."""
     env = os.environ
     mpi = any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
-    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
-            and not mpi:
+    if env.get("ACCELERATE_USE_CPU", "").lower() != "true" or "MASTER_ADDR" not in env or "WORLD_SIZE" in env or mpi:
+        return None
+    launch = _accelerate_arguments()
+    processes, machines = launch.get("num_processes"), launch.get("num_machines", "1")
+    if not (processes or "").isdigit() or machines != "1":
         raise InputError("accelerate launch", "--cpu --num_processes",
-                         "accelerate starts one process for --cpu unless MPI runs them (--mpirun_hostfile); on CPU "
-                         "start the processes with torchrun's launcher instead: `accelerate launch --multi_gpu "
+                         "accelerate starts one process for --cpu unless MPI runs them (--mpirun_hostfile); start "
+                         "the processes with torchrun's launcher instead: `accelerate launch --multi_gpu "
                          "--num_processes N -m edge_tailor.cli run ...` (gloo on a CPU) or `torchrun "
                          "--nproc_per_node N -m edge_tailor.cli run ...`")
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", processes, "--master_addr",
+            env["MASTER_ADDR"], "--master_port", env.get("MASTER_PORT", "29500"), "-m", "edge_tailor.cli",
+            *sys.argv[1:]]
+
+
+def _accelerate_arguments() -> dict[str, str]:
+    """`--key value` / `--key=value` options of the parent process's command line (`accelerate launch`)."""
+    try:
+        import psutil
+
+        words = psutil.Process(os.getppid()).cmdline()
+    except Exception:  # no parent to read (a container's init, a permission): nothing known
+        return {}
+    found = {}
+    for i, word in enumerate(words):
+        if word == "-m" or word.endswith(".py"):  # the script and its own arguments follow
+            break
+        if word.startswith("--"):
+            key, _, value = word[2:].partition("=")
+            found[key.replace("-", "_")] = value or (words[i + 1] if i + 1 < len(words) else "")
+    return found
+
+
+def check_launcher() -> None:
+    """Read MPI's rank variables where MPI started the processes (accelerate's `--mpirun_hostfile`)."""
+    env = os.environ
+    mpi = any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
     if mpi and "WORLD_SIZE" not in env:  # accelerate's own MPI mapping, so rank() and world_size() read one place
         env["WORLD_SIZE"] = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE") or env["MV2_COMM_WORLD_SIZE"]
         env["RANK"] = env.get("OMPI_COMM_WORLD_RANK") or env.get("PMI_RANK") or env.get("MV2_COMM_WORLD_RANK", "0")
