@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--public-key", metavar="PEM",
                         help="also require manifest.sig to be this Ed25519 key's signature of manifest.json "
                              "(`tailor sign`): protects against tampering by anyone without the private key")
+    verify.add_argument("--on-target", action="store_true",
+                        help="then run the bundle on its target's instruction set without the device (qemu-user: "
+                             "qemu-aarch64 -cpu cortex-a76 in a Debian arm64 root prepared once under "
+                             "~/.cache/edge-tailor/emulation, qemu-x86_64 -cpu Haswell for avx2) and check top-1 "
+                             "agreement and mean KL against the fp32 reference there; exit 1 when the target's "
+                             "budgets break on it (docs/targets.md)")
+    verify.add_argument("--fp32", metavar="DIR",
+                        help="with --on-target: the fp32 ONNX export to measure KL against (default: the run's "
+                             "export/fp32 beside the bundle; without one, top-1 only)")
 
     sign = sub.add_parser("sign", help="sign a bundle's manifest with an Ed25519 private key (writes manifest.sig)",
                           description="Check the bundle's files, then write manifest.sig: the base64 Ed25519 "
@@ -226,7 +235,23 @@ def cmd_verify(args) -> int:
     print(f"manifest sha256: {info['manifest_sha256']}" + (" (matches --digest)" if args.digest else ""))
     if args.public_key:
         print(f"signature OK: manifest.sig under {args.public_key}")
+    if args.on_target:
+        return _verify_on_target(args.bundle, args.fp32)
     return 0
+
+
+def _verify_on_target(bundle: str, fp32: str | None) -> int:
+    from .emulation import check_on_target
+
+    result = check_on_target(bundle, fp32)
+    kl = "not measured (no fp32 graph: --fp32 DIR)" if result["mean_kl"] is None else f"{result['mean_kl']:.5f}"
+    print(f"on target {result['isa']} ({result['emulator']}): top-1 agreement with fp32 {result['top1']:.4f} at "
+          f"{result['positions']} positions, mean KL {kl}, smoke tokens equal the host's: {result['tokens_equal_host']}")
+    for name, check in result["budgets"].items():
+        print(f"  {name}: {check['measured']} (limit {check['limit']}): {'held' if check['passed'] else 'BROKEN'}")
+    print(json.dumps({"on_target": result}))
+    print("on-target: PASSED" if result["passed"] else "on-target: FAILED, a budget broke on the target's CPU")
+    return 0 if result["passed"] else 1
 
 
 def cmd_sign(args) -> int:
