@@ -140,17 +140,23 @@ def test_fake_quantization_matches_onnx_runtime_int8_on_this_cpu(tmp_path):
         session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
         qat = prepare_qat(_student().model, target.quant)
         other = prepare_qat(_student().model, _scheme(not reduce_range).quant)
+        # Full-range weights were shown exact on AMX (Sapphire Rapids). On an AMD EPYC with avx512_vnni and no AMX
+        # (2026-12-08) ORT 1.32's optimized graph was not: max logit gap 0.019 at ORT_ENABLE_ALL and DISABLE_ALL,
+        # 2.9e-6 at ORT_ENABLE_BASIC, while MatMulInteger alone was exact on random and extreme operands; so only
+        # AMX is held to exactness here, and hostcpu's claim for VNNI without AMX is an open finding (docs/targets.md)
+        exact_here = scheme_exact_on(target.quant, host.arch, host.kernel) and (reduce_range or host.kernel == "amx")
         gaps[reduce_range] = {"qat": _max_logit_gap(session, qat, ids), "mismatched_qat": _max_logit_gap(session, other, ids),
-                              "fp32": _max_logit_gap(session, fp32, ids),
-                              "exact_here": scheme_exact_on(target.quant, host.arch, host.kernel)}
+                              "fp32": _max_logit_gap(session, fp32, ids), "exact_here": exact_here}
     print(f"host kernel {host.kernel} ({host.describe()}): {gaps}")
     assert gaps[True]["exact_here"], "7-bit weights are exact on every x86-64 kernel"
     for reduce_range, g in gaps.items():
         assert g["mismatched_qat"] > 20 * max(g["qat"], 1e-4) or not g["exact_here"], (reduce_range, g)
         if g["exact_here"]:
             assert g["qat"] < 1e-3 and g["qat"] < g["fp32"] / 50, (reduce_range, g)
-        else:  # saturation: ORT's numbers are not the ones QAT trained for
+        elif host.kernel == "avx2":  # saturation: ORT's numbers are not the ones QAT trained for
             assert g["qat"] > 0.05, (reduce_range, g)
+        else:  # VNNI without AMX: off by far more than float rounding, far less than AVX2's saturation
+            assert g["qat"] > 1e-3, (reduce_range, g)
 
 
 def _kl_to_teacher(student_model, teacher_model, tokenizer, rows):
