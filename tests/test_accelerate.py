@@ -59,10 +59,10 @@ def test_the_pipeline_on_two_processes_writes_one_run_with_the_data_of_one_proce
     assert main(["run", "--out", str(tmp_path / "one"), *args]) in (0, 1)
     one = tmp_path / "one" / "ddp"
     assert json.loads((one / "report.json").read_text())["world_size"] == 1
-    # DPO ran data-parallel on the two processes, yet the aligned teachers' sampled data is the same text
+    # everything generated before any training is the same text; the aligned teachers' data is not: it samples
+    # from DPO weights that data-parallel reductions change in the last bits (full default: 67 of 500 equal)
     for data in ["baseline/completions.jsonl", "elicit/drafts.jsonl", "prefer/scores.jsonl", "align/pairs.jsonl",
-                 "generate/questions.jsonl", "generate/original.jsonl", "generate/aligned.jsonl",
-                 "generate/aligned-seed1.jsonl"]:
+                 "generate/questions.jsonl", "generate/original.jsonl"]:
         assert (two / data).read_text() == (one / data).read_text(), data
 
 
