@@ -35,10 +35,15 @@ def decode_starts(fp32_dir: str | Path, prompts: Sequence[str]) -> list[int]:
 
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl_per_position(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(fp32 || quantized) of each position's next-token distribution, from their log-softmaxes."""
+    return (np.exp(p) * (p - q)).sum(-1)
 
 
 def fidelity(fp32_dir: str | Path, quant_dir: str | Path, model_file: str, sequences: Sequence[list[int]],
@@ -51,10 +56,10 @@ def fidelity(fp32_dir: str | Path, quant_dir: str | Path, model_file: str, seque
     quantized = EdgeModel.load(quant_dir, model_file=model_file, verify=False)
     agree, kls, counted = [], [], []
     for i, sequence in enumerate(sequences):
-        p = _log_softmax(reference.prefill_logits(sequence))
-        q = _log_softmax(quantized.prefill_logits(sequence))
+        p = log_softmax(reference.prefill_logits(sequence))
+        q = log_softmax(quantized.prefill_logits(sequence))
         agree += list(p.argmax(-1) == q.argmax(-1))
-        kls += list((np.exp(p) * (p - q)).sum(-1))
+        kls += list(kl_per_position(p, q))
         start = 0 if decode_from is None else decode_from[i]
         counted += [False] * start + [True] * (len(sequence) - start)
     agree, kls, counted = np.array(agree), np.array(kls), np.array(counted)

@@ -163,7 +163,6 @@ def cmd_run(args) -> int:
     from .rundir import RunDir
     from .target import target_hash
 
-    distributed.check_launcher()
     overrides = list(args.overrides) + ([f"target={args.target}"] if args.target else [])
     cfg = load_config(args.config, overrides)
     for option, names in (("--force", args.force), ("--only", args.only)):
@@ -180,11 +179,11 @@ def cmd_run(args) -> int:
     target = preflight(cfg, lambda field: origin_of(field, source, overrides), run, set(args.only) or None)
     import torch
 
-    # processes on one machine share its cores (accelerate / torchrun set LOCAL_WORLD_SIZE)
-    torch.set_num_threads(max(1, (cfg.threads or target.runtime.intra_op_threads) // distributed.local_world_size()))
-    if distributed.is_main():
-        _print_kernel_line(target)
     with _processes():  # rank 0 shows the progress and writes the run directory
+        # processes on one machine share its cores (accelerate / torchrun set LOCAL_WORLD_SIZE)
+        torch.set_num_threads(max(1, (cfg.threads or target.runtime.intra_op_threads) // distributed.local_world_size()))
+        if distributed.is_main():
+            _print_kernel_line(target)
         run_pipeline(cfg, run, target_hash(target), only=set(args.only) or None, force=set(args.force),
                      config_text=_yaml(cfg))
     if not distributed.is_main():

@@ -209,18 +209,12 @@ def fp32_reference_graph(bundle: Path) -> Path | None:
     return folder if (folder / "model.onnx").is_file() else None
 
 
-def _log_softmax(logits):
-    import numpy as np
-
-    shifted = logits - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
 def check_on_target(bundle: str | Path, fp32: str | Path | None = None, host=None) -> dict:
     """The bundle's greedy tokens, top-1 agreement and mean KL against the fp32 reference as computed on its
     target's CPU (emulated), with the budgets of its target.toml: ``passed`` False when one breaks there."""
     import numpy as np
 
+    from .export.fidelity import kl_per_position, log_softmax
     from .export.runtime import EdgeModel
     from .hostcpu import detect
     from .target import load_target
@@ -247,9 +241,8 @@ def check_on_target(bundle: str | Path, fp32: str | Path | None = None, host=Non
     if graph is not None:  # fp32 arithmetic is the same on every ISA to rounding: computed here, on the host
         model = EdgeModel.load(graph, threads=1, verify=False)
         ref = np.concatenate([model.prefill_logits(seq)[start:len(seq)] for seq, start in
-                              zip(reference["sequences"], starts)]).astype(np.float64)
-        p, q = _log_softmax(ref), _log_softmax(probe["logits"].astype(np.float64))
-        result["mean_kl"] = round(float((np.exp(p) * (p - q)).sum(-1).mean()), 6)
+                              zip(reference["sequences"], starts)])
+        result["mean_kl"] = round(float(kl_per_position(log_softmax(ref), log_softmax(probe["logits"])).mean()), 6)
         result["fp32_graph"] = str(graph)
     budgets = target.budgets
     checks = {}

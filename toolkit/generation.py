@@ -157,7 +157,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     done = []
     # with several processes each decodes its share of the batches (edge_tailor.distributed); a batch's sampling
     # is seeded by its index, so the texts are the same whichever process, and however many, decode it
-    for index, batch in track(distributed.mine(batches), description, total=-(-len(batches) // distributed.world_size())):
+    share = distributed.mine(batches)
+    for index, batch in track(share, description, total=len(share)):
         generator = torch.Generator().manual_seed(seed + BATCH_SEED_STRIDE * index)
         torch.manual_seed(seed + BATCH_SEED_STRIDE * index)
         processors = LogitsProcessorList()
